@@ -109,6 +109,9 @@ class KeypointSchema:
             raise ValueError(f"schema {self.name!r}: {len(self.sigmas)} sigmas for {k} keypoints")
         if any(not (s > 0) for s in self.sigmas):
             raise ValueError(f"schema {self.name!r}: sigmas must be > 0, got {list(self.sigmas)}")
+        for a, b in self.skeleton:
+            if not (0 <= a < k and 0 <= b < k):
+                raise ValueError(f"schema {self.name!r}: skeleton link ({a}, {b}) out of range 0..{k - 1}")
         # Fill defaults that depend on the keypoint names.
         if not self.joint_weights:
             object.__setattr__(self, "joint_weights", tuple([1.0] * k))
@@ -131,9 +134,6 @@ class KeypointSchema:
                 if i in seen:
                     raise ValueError(f"schema {self.name!r}: keypoint {self.keypoints[i]!r} in two flip pairs")
                 seen.add(i)
-        for a, b in self.skeleton:
-            if not (0 <= a < k and 0 <= b < k):
-                raise ValueError(f"schema {self.name!r}: skeleton link ({a}, {b}) out of range 0..{k - 1}")
         for i in self.upper_body:
             if not 0 <= i < k:
                 raise ValueError(f"schema {self.name!r}: upper_body index {i} out of range 0..{k - 1}")
