@@ -1,0 +1,212 @@
+"""``PoseEstimator``: one object for every model card kind (bottom-up PAF, one-stage RTMO, top-down SimCC/heatmap).
+
+    est = PoseEstimator("rtmo-s")                      # or "rtmpose-m" (+ detector), "tfpose-mnv2", "my_card.yaml"
+    people = est(image)                                # list[Person] in image pixels
+    for i, frame, people in est.video("clip.mp4"):     # track ids from a greedy OKS tracker
+        ...
+    print(est.timer.format())                          # per-stage times
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from posekit.runtime.cards import ModelCard, load_card
+from posekit.runtime.download import resolve_weights
+from posekit.runtime.onnx import OnnxModel
+from posekit.structures import Person
+
+__all__ = ["PoseEstimator", "StageTimer", "open_video"]
+
+STAGE_ORDER = ("decode", "detector", "preprocess", "network", "postprocess", "grouping", "draw")
+
+
+class StageTimer:
+    """Accumulates wall time per named stage (``with timer.stage("network"): ...``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] += float(seconds)
+        self.counts[name] += 1
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{stage: {"count", "total_ms", "mean_ms"}}`` in pipeline order."""
+        names = [n for n in STAGE_ORDER if n in self.totals] + sorted(set(self.totals) - set(STAGE_ORDER))
+        return {n: {"count": self.counts[n], "total_ms": 1e3 * self.totals[n],
+                    "mean_ms": 1e3 * self.totals[n] / max(self.counts[n], 1)} for n in names}
+
+    def format(self) -> str:
+        rows = self.summary()
+        lines = [f"{'stage':<12} {'calls':>6} {'mean ms':>9} {'total ms':>10}"]
+        for n, r in rows.items():
+            lines.append(f"{n:<12} {r['count']:>6d} {r['mean_ms']:>9.2f} {r['total_ms']:>10.1f}")
+        return "\n".join(lines)
+
+
+def open_video(source: str | int | Path):
+    """``cv2.VideoCapture`` for a file path or a webcam index (``0`` or ``"0"``); raises a clear error when it
+    cannot be opened."""
+    import cv2
+
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        cap = cv2.VideoCapture(int(source))
+        what = f"webcam {int(source)}"
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise FileNotFoundError(f"video not found: {p}")
+        cap = cv2.VideoCapture(str(p))
+        what = f"video {p}"
+    if not cap.isOpened():
+        cap.release()
+        raise RuntimeError(f"cannot open {what} (not a readable video / no such camera)")
+    return cap
+
+
+class PoseEstimator:
+    """Multi-person pose estimation from a model card.
+
+    Args:
+        model: card name or path: ``rtmo-*`` (one-stage), ``rtmpose-*`` or any ``simcc``/``heatmap`` card
+            (top-down), ``tfpose-mnv2`` or any ``paf`` card (bottom-up).
+        detector: top-down only: a detector card (default ``yolox-nano-human``), an ``rtmo`` card (RTMO boxes), or a
+            callable ``image -> (boxes, scores)``.
+        weights: the model's ONNX file (else the card's path / cache / download); detector_weights likewise.
+        threads, providers: onnxruntime settings for every network.
+        flip_test: top-down flip test.
+        score_thr: override the card's instance score threshold (one-stage) / detector threshold (top-down).
+        oks_nms_thr: top-down OKS-NMS threshold (None: off).
+
+    Attributes:
+        card, timer (:class:`StageTimer`), pipeline (the underlying pipeline object).
+    """
+
+    def __init__(self, model: str | Path | ModelCard = "rtmo-s", detector: str | Path | ModelCard | Callable | None = None,
+                 weights: str | Path | None = None, threads: int | None = None,
+                 providers: Sequence[str] | None = None, flip_test: bool = False,
+                 detector_weights: str | Path | None = None, score_thr: float | None = None,
+                 oks_nms_thr: float | None = None) -> None:
+        self.card = load_card(model)
+        self.timer = StageTimer()
+        kind = self.card.kind
+        self._bottomup = False
+        if kind == "detector":
+            raise ValueError(f"model card '{self.card.name}' is a person detector, not a pose model; use it as "
+                             f"detector= with a top-down pose model")
+        if detector is not None and not self.card.is_topdown:
+            raise ValueError(f"detector= only applies to top-down models; '{self.card.name}' is a {kind!r} model")
+        if flip_test and not self.card.is_topdown:
+            raise ValueError(f"flip_test is implemented for top-down models; '{self.card.name}' is {kind!r}")
+        if kind == "rtmo":
+            from posekit.pipelines.onestage import OneStagePipeline
+
+            self.pipeline = OneStagePipeline(self.card, weights, threads, providers, score_thr=score_thr,
+                                             timer=self.timer)
+        elif self.card.is_topdown:
+            from posekit.pipelines.topdown import TopDownPipeline
+
+            box_source = self._box_source(detector, detector_weights, threads, providers, score_thr)
+            self.pipeline = TopDownPipeline(self.card, box_source, weights, threads, providers,
+                                            flip_test=flip_test, oks_nms_thr=oks_nms_thr, timer=self.timer)
+        else:  # paf
+            self.pipeline = self._build_paf(weights, threads, providers)
+            self._bottomup = True
+
+    # ------------------------------------------------------------------------------------------------ building
+    @staticmethod
+    def _box_source(detector, weights, threads, providers, score_thr):
+        if callable(detector) and not isinstance(detector, (str, Path, ModelCard)):
+            return detector
+        card = load_card(detector if detector is not None else "yolox-nano-human")
+        if card.kind == "detector":
+            from posekit.detectors import PersonDetector
+
+            return PersonDetector(card, weights, threads, providers, score_thr=score_thr)
+        if card.kind == "rtmo":
+            from posekit.pipelines.onestage import OneStagePipeline
+
+            return OneStagePipeline(card, weights, threads, providers, score_thr=score_thr).boxes
+        raise ValueError(f"detector card '{card.name}' is a {card.kind!r} model; use a 'detector' or 'rtmo' card")
+
+    def _build_paf(self, weights, threads, providers):
+        from posekit.pipelines.bottomup import PafParams, PafPipeline
+
+        card = self.card
+        model = OnnxModel(resolve_weights(card, weights), threads=threads, providers=providers, card=card)
+        self.model = model
+        out_name = card.output_names[0]
+        timer = self.timer
+
+        def run_network(batch: np.ndarray) -> np.ndarray:
+            with timer.stage("network"):
+                return model.run(batch, [out_name])[out_name]
+
+        spec = card.paf
+        try:
+            params = PafParams(**dict(spec.params))
+        except TypeError as e:
+            raise ValueError(f"{card.source}: field 'paf.params': {e}") from None
+        kwargs = dict(num_parts=spec.num_parts, heatmap_channels=tuple(spec.heatmap_channels),
+                      paf_offset=spec.paf_offset, stride=spec.stride, input_layout=card.input_layout)
+        if spec.to_coco17:
+            kwargs["to_coco17"] = tuple(spec.to_coco17)
+        return PafPipeline(run_network, params, [tuple(l) for l in spec.limbs],
+                           [tuple(c) for c in spec.paf_channels], **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ running
+    def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None) -> list[Person]:
+        """People in one ``HxWx3`` uint8 BGR image. ``boxes`` (``(N, 4)`` xyxy image pixels) replace the detector of
+        a top-down model."""
+        if boxes is not None and not self.card.is_topdown:
+            raise ValueError(f"boxes= needs a top-down model; '{self.card.name}' is a {self.card.kind!r} model")
+        if self._bottomup:
+            net_before = self.timer.totals.get("network", 0.0)
+            t0 = time.perf_counter()
+            people = self.pipeline(image)
+            total = time.perf_counter() - t0
+            self.timer.add("grouping", total - (self.timer.totals.get("network", 0.0) - net_before))
+            return people
+        if boxes is not None:
+            return self.pipeline(image, boxes=np.asarray(boxes, np.float32).reshape(-1, 4))
+        return self.pipeline(image)
+
+    def video(self, source: str | int | Path, tracker=None, max_frames: int | None = None
+              ) -> Iterator[tuple[int, np.ndarray, list[Person]]]:
+        """Yield ``(frame_index, frame, people)`` for a video file or webcam index; people carry ``track_id`` from
+        ``tracker`` (default: a fresh :class:`~posekit.pipelines.tracking.GreedyTracker` on the card's schema)."""
+        from posekit.pipelines.tracking import GreedyTracker
+
+        tracker = tracker or GreedyTracker(self.card.schema)
+        cap = open_video(source)
+        try:
+            i = 0
+            while max_frames is None or i < max_frames:
+                with self.timer.stage("decode"):
+                    ok, frame = cap.read()
+                if not ok:
+                    break
+                people = tracker.update(self(frame))
+                yield i, frame, people
+                i += 1
+        finally:
+            cap.release()

@@ -1,0 +1,101 @@
+"""Whole-image and crop preprocessing driven by a :class:`~posekit.runtime.cards.ModelCard`.
+
+Every function returns the float32 network batch and the affine(s) ``M`` (image pixels -> model-input pixels,
+pixel centres at integers) so that outputs map back with ``invert_affine(M)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from posekit.data.geometry import box_xyxy_to_cs, get_affine_matrix, letterbox, warp_image
+from posekit.runtime.cards import ModelCard
+
+__all__ = ["prepare_image", "prepare_crops", "to_tensor", "input_size_for"]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an HxWx3 uint8 BGR array, got "
+                         f"{getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}")
+
+
+def to_tensor(images: np.ndarray, card: ModelCard) -> np.ndarray:
+    """``(N, h, w, 3)`` uint8 BGR -> float32 batch in the card's colour order, mean/std and layout."""
+    x = images[..., ::-1] if card.color == "rgb" else images
+    x = x.astype(np.float32)
+    if card.needs_normalisation:
+        x = (x - np.asarray(card.mean, np.float32)) / np.asarray(card.std, np.float32)
+    if card.input_layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def input_size_for(image_shape: tuple[int, int], card: ModelCard) -> tuple[int, int]:
+    """The ``(w, h)`` model input for an ``(H, W)`` image under the card's resize policy."""
+    H, W = image_shape[:2]
+    w, h = card.input_size
+    if card.resize == "keep-aspect-height":
+        m = card.size_multiple
+        return int(math.ceil(W * h / H / m) * m), h
+    return w, h
+
+
+def prepare_image(image: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """Resize one ``HxWx3`` uint8 BGR image for a whole-image model (``letterbox``, ``letterbox-center``,
+    ``fixed``, ``keep-aspect-height``).
+
+    Returns:
+        ``batch`` ``(1, ...)`` float32 in the card's layout, ``M`` ``(2, 3)`` image -> model input pixels.
+    """
+    _check_image(image)
+    H, W = image.shape[:2]
+    if card.resize in ("letterbox", "letterbox-center"):
+        out, M, _ = letterbox(image, card.input_size, pad_value=int(card.pad_value),
+                              center=card.resize == "letterbox-center")
+    elif card.resize == "fixed":
+        w, h = card.input_size
+        out = image if (w, h) == (W, H) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        sx, sy = w / W, h / H
+        M = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    elif card.resize == "keep-aspect-height":
+        w, h = input_size_for(image.shape, card)
+        nw = min(w, max(1, int(round(W * h / H))))
+        resized = cv2.resize(image, (nw, h), interpolation=cv2.INTER_LINEAR)
+        out = np.full((h, w, 3), int(card.pad_value), np.uint8)
+        out[:, :nw] = resized
+        sx, sy = nw / W, h / H
+        M = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    else:
+        raise ValueError(f"model card '{card.name}': resize {card.resize!r} is not a whole-image policy")
+    return to_tensor(out[None], card), M
+
+
+def prepare_crops(image: np.ndarray, boxes: np.ndarray, card: ModelCard, flip: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cut padded person crops for a top-down model, all in one batch.
+
+    Each xyxy box (image pixels) is padded by ``card.box_padding`` and enlarged to the model's aspect ratio
+    (``box_xyxy_to_cs``), then warped to ``card.input_size`` with the classic affine (UDP when the card's heatmap
+    spec asks for it).
+
+    Returns:
+        ``batch`` ``(N, ...)`` (``(2N, ...)`` with the horizontally flipped crops appended when ``flip``) and
+        ``Ms`` ``(N, 2, 3)`` image -> crop pixels.
+    """
+    _check_image(image)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w, h = card.input_size
+    udp = bool(card.heatmap and card.heatmap.udp)
+    centers, scales = box_xyxy_to_cs(boxes, aspect_ratio=w / h, padding=card.box_padding)
+    Ms = np.zeros((len(boxes), 2, 3), np.float64)
+    crops = np.zeros((len(boxes), h, w, 3), np.uint8)
+    for i in range(len(boxes)):  # one warp per person (OpenCV), no per-pixel Python
+        Ms[i] = get_affine_matrix(centers[i], np.maximum(scales[i], 1e-3), 0.0, (w, h), udp=udp)
+        crops[i] = warp_image(image, Ms[i], (w, h), border_value=0)
+    if flip:
+        crops = np.concatenate([crops, crops[:, :, ::-1]], axis=0)
+    return to_tensor(crops, card), Ms
