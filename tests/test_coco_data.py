@@ -418,6 +418,12 @@ def test_compressed_rle_crowd_and_unlabelled_person_mask(tmp_path):
     assert len(CocoPoseDataset(f, tmp_path / "im")) == 1
     assert len(CocoPoseDataset(f, tmp_path / "im", min_keypoints=0)) == 2
     assert len(CocoPoseDataset(f, tmp_path / "im", min_keypoints=0, include_crowd=True)) == 3
+    # a damaged compressed RLE is an issue, not a crash later
+    bad = copy.deepcopy(data)
+    bad["annotations"][1]["segmentation"]["counts"] = rle["counts"][:-2]
+    idx = load_coco_keypoints(_write_json(tmp_path / "bad_rle.json", bad))
+    assert [(i.ann_id, i.field) for i in idx.issues] == [(2, "segmentation")]
+    assert "compressed RLE" in idx.issues[0].message
     # the image on disk must match the json size
     data["images"][0]["width"] = 61
     data["annotations"] = data["annotations"][:1]

@@ -78,6 +78,8 @@ def check_dots(out, orig_kp):
     pad = np.pad(img, 1)
     neigh = np.max([pad[ix[:, 1] + 1 + dy, ix[:, 0] + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
     assert np.all(neigh > 100), f"dark pixel under keypoints: {pts[neigh <= 100]} values {neigh[neigh <= 100]}"
+    if np.linalg.det(out["warp"][:, :2]) < 0:  # an odd number of flips: left/right swapped
+        orig_kp = orig_kp[:, COCO17.flip_index]
     np.testing.assert_allclose(kp[..., :2], apply_affine(orig_kp[..., :2].astype(np.float64), out["warp"]), atol=2e-3)
     lost = (orig_kp[..., 2] > 0) & ~vis
     assert not np.any(points_inside(kp[lost][:, :2], (w, h)))
@@ -188,7 +190,7 @@ def _blob_sample(x0, y0, W=200, H=160):
     return s
 
 
-def _centroid_near(img, p, r=9):
+def _centroid_near(img, p, r=22):
     g = img[..., 0].astype(np.float64)
     x0, y0 = int(round(p[0])), int(round(p[1]))
     win = g[y0 - r:y0 + r + 1, x0 - r:x0 + r + 1]
@@ -198,7 +200,7 @@ def _centroid_near(img, p, r=9):
 
 @pytest.mark.parametrize("name", ["flip", "affine", "affine_udp", "crop", "crop_udp", "letterbox", "letterbox_c"])
 def test_subpixel_blob_centroid_follows_keypoint(name):
-    """Sharper than the dot test: the centroid of a Gaussian blob follows its keypoint to 0.15 px."""
+    """Sharper than the dot test: the centroid of a Gaussian blob follows its keypoint to 0.05 px (measured < 0.01)."""
     rng = np.random.default_rng(7)
     s = _blob_sample(93.3, 71.6)
     td = dict(s, keypoints=s["keypoints"], center=np.float32([100, 80]), scale=np.float32([90, 120]))
@@ -216,7 +218,7 @@ def test_subpixel_blob_centroid_follows_keypoint(name):
     out = t[0](t[1], rng)
     kp = out["keypoints"][0, 0]
     assert kp[2] == 2
-    np.testing.assert_allclose(_centroid_near(out["image"], kp[:2]), kp[:2], atol=0.15)
+    np.testing.assert_allclose(_centroid_near(out["image"], kp[:2]), kp[:2], atol=0.05)
 
 
 # ------------------------------------------------------------------------------------------------- masks
@@ -292,6 +294,7 @@ def test_top_down_affine_visibility_rule_and_outputs():
     rng = np.random.default_rng(2)
     s = to_top_down(make_sample(rng))
     s["keypoints"][0, :, 2] = 2
+    s["keypoints"][0, :, :2] = s["center"] + rng.uniform(-20, 20, size=(K, 2))  # inside the crop
     s["keypoints"][0, 0, :2] = s["center"] + [s["scale"][0], 0]  # well outside the crop
     out = TopDownAffine((192, 256))(s, rng)
     assert out["keypoints"][0, 0, 2] == 0 and out["keypoints"][0, 1:, 2].min() == 2
@@ -310,6 +313,7 @@ def test_top_down_affine_visibility_rule_and_outputs():
 def test_color_jitter_identity_and_ranges():
     rng = np.random.default_rng(4)
     s = make_sample(rng)
+    del s["mask"]
     s["image"] = rng.integers(0, 256, size=s["image"].shape, dtype=np.uint8)
     for cj in (ColorJitter(), ColorJitter(0.0, 0.0, 0.0, 0.0)):
         out = cj(s, rng)
@@ -345,3 +349,15 @@ def test_bad_samples_raise_clear_errors():
         RandomFlip(COCO17)(dict(s, mask=np.ones((5, 5), np.uint8)), rng)
     with pytest.raises(ValueError, match="K=5"):
         RandomFlip(COCO17, prob=1.0)(dict(s, keypoints=np.zeros((3, 5, 3), np.float32)), rng)
+
+
+def test_empty_sample_passes_every_transform():
+    rng = np.random.default_rng(0)
+    s = make_sample(rng, N=1)
+    for key in ("keypoints", "boxes", "areas", "ann_ids"):
+        s[key] = s[key][:0]
+    pipe = Compose([RandomFlip(COCO17, prob=1.0), RandomAffine(output_size=(128, 96)), Letterbox((64, 64)),
+                    ColorJitter(0.2, 0.2, 0.2, 0.05)])
+    out = pipe(s, rng)
+    assert out["keypoints"].shape == (0, K, 3) and out["boxes"].shape == (0, 4)
+    assert out["image"].shape == (64, 64, 3) and out["mask"].shape == (64, 64)

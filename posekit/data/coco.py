@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from posekit.data.io import ImageReadError, read_image
+from posekit.data.io import read_image
 from posekit.schema import KeypointSchema, get_schema
 
 try:  # a real torch Dataset when torch is there; the class works the same without it
@@ -165,9 +165,43 @@ def _check_rle(seg: Mapping, h: int, w: int) -> dict:
         total = sum(counts)
         if total != h * w:
             raise _Problem("segmentation", f"uncompressed RLE counts sum to {total}, expected {h * w} ({h}x{w})")
-    elif not isinstance(counts, (str, bytes)) or not counts:
+    elif isinstance(counts, (str, bytes)) and counts:
+        try:
+            runs = _rle_string_counts(counts)
+        except ValueError as e:
+            raise _Problem("segmentation", f"compressed RLE 'counts' is corrupt: {e}") from None
+        if sum(runs) != h * w or min(runs) < 0:
+            raise _Problem("segmentation", f"compressed RLE runs sum to {sum(runs)}, expected {h * w} ({h}x{w})")
+    else:
         raise _Problem("segmentation", f"RLE 'counts' must be a list of ints or a string, got {type(counts).__name__}")
     return {"size": [h, w], "counts": counts}
+
+
+def _rle_string_counts(s: str | bytes) -> list[int]:
+    """Run lengths of a COCO compressed RLE string (5 bits per char from '0', continuation and sign bits,
+    runs after the second coded as differences to the run two before)."""
+    data = s.encode("ascii") if isinstance(s, str) else bytes(s)
+    runs: list[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                raise ValueError("string ends inside a run")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {chr(data[p])!r} outside the RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 def _check_annotation(a: Mapping, schema: KeypointSchema, img: Mapping) -> dict:

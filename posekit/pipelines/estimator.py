@@ -162,14 +162,24 @@ class PoseEstimator:
                 return model.run(batch, [out_name])[out_name]
 
         spec = card.paf
+        p = dict(spec.params)
+        if "input_mode" not in p:  # the card's resize policy, unless paf.params overrides it
+            if card.resize == "fixed":
+                p.update(input_mode="fixed", input_size=tuple(card.input_size))
+            elif card.resize == "keep-aspect-height":
+                p.setdefault("target_height", card.input_size[1])
+                p.setdefault("size_multiple", card.size_multiple)
+                p["input_mode"] = "keep_aspect"
+            else:
+                raise ValueError(f"{card.source}: field 'input.resize': a paf model takes 'fixed' or "
+                                 f"'keep-aspect-height', got {card.resize!r}")
         try:
-            params = PafParams(**dict(spec.params))
+            params = PafParams(**p)
         except TypeError as e:
             raise ValueError(f"{card.source}: field 'paf.params': {e}") from None
         kwargs = dict(num_parts=spec.num_parts, heatmap_channels=tuple(spec.heatmap_channels),
                       paf_offset=spec.paf_offset, stride=spec.stride, input_layout=card.input_layout)
-        if spec.to_coco17:
-            kwargs["to_coco17"] = tuple(spec.to_coco17)
+        kwargs["to_coco17"] = tuple(spec.to_coco17) if spec.to_coco17 else None
         return PafPipeline(run_network, params, [tuple(l) for l in spec.limbs],
                            [tuple(c) for c in spec.paf_channels], **kwargs)
 

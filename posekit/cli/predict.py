@@ -1,0 +1,149 @@
+"""``posekit predict``: run a model card on images, folders, videos or a webcam."""
+
+from __future__ import annotations
+
+import argparse
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="run a pose model (model card) on images, folders, videos or a webcam",
+        description="Run a pose model on images, folders of images, videos or a webcam index; write COCO results "
+                    "json, overlays and per-stage timings.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image file, folder of images, video file, or webcam index (0, 1, ...)")
+    p.add_argument("--model", default="rtmo-s", help="built-in card name or card .yaml path (default rtmo-s)")
+    p.add_argument("--weights", help="the model's ONNX file (else the card's path / cache / download)")
+    p.add_argument("--detector", help="top-down models: detector card (default yolox-nano-human) or an rtmo card")
+    p.add_argument("--detector-weights", help="the detector's ONNX file")
+    p.add_argument("--out-json", help="write COCO-format keypoint results here")
+    p.add_argument("--annotations", help="COCO json whose image ids are used (matched by file name)")
+    p.add_argument("--out-dir", help="write overlay images / videos here")
+    p.add_argument("--timing", action="store_true", help="print per-stage times at the end")
+    p.add_argument("--kpt-thr", type=float, default=0.3, help="keypoint score threshold for drawing (0.3)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--flip-test", action="store_true", help="top-down flip test")
+    p.add_argument("--max-frames", type=int, help="stop a video / webcam after this many frames")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _expand(sources: list[str]) -> list[tuple[str, object]]:
+    from pathlib import Path
+
+    items: list[tuple[str, object]] = []
+    for s in sources:
+        if s.isdigit():
+            items.append(("webcam", int(s)))
+            continue
+        p = Path(s)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+            if not files:
+                raise FileNotFoundError(f"no images or videos in folder {p}")
+            items.extend(("video" if f.suffix.lower() in VIDEO_EXTS else "image", f) for f in files)
+        elif p.is_file():
+            items.append(("video" if p.suffix.lower() in VIDEO_EXTS else "image", p))
+        else:
+            raise FileNotFoundError(f"source not found: {s}")
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    import cv2
+    from tqdm import tqdm
+
+    from posekit.data.io import read_image, write_image
+    from posekit.pipelines.estimator import PoseEstimator, open_video
+    from posekit.pipelines.tracking import GreedyTracker
+    from posekit.schema import get_schema
+    from posekit.viz import VideoWriter, draw_people
+
+    items = _expand(args.sources)
+    ids: dict[str, int] | None = None
+    category_id = 1
+    if args.annotations:
+        from posekit.pipelines.coco_runner import load_coco_images
+
+        data, images = load_coco_images(args.annotations)
+        ids = {Path(im["file_name"]).name: int(im["id"]) for im in images}
+        category_id = int((data.get("categories") or [{"id": 1}])[0].get("id", 1))
+        if any(kind != "image" for kind, _ in items):
+            raise ValueError("--annotations matches image file names; it cannot be used with videos or webcams")
+        missing = [str(src) for _, src in items if Path(src).name not in ids]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) are not in {args.annotations} (matched by file name), "
+                             f"e.g. {missing[0]}")
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    est = PoseEstimator(args.model, detector=args.detector, weights=args.weights, threads=args.threads,
+                        detector_weights=args.detector_weights, flip_test=args.flip_test)
+    schema = get_schema(est.card.schema)
+    timer = est.timer
+    results: list[dict] = []
+    next_id = 1
+    n_people = 0
+    images = [src for kind, src in items if kind == "image"]
+    for src in tqdm(images, desc="images", disable=args.no_progress or not images, file=sys.stderr):
+        with timer.stage("decode"):
+            img = read_image(src)
+        people = est(img)
+        n_people += len(people)
+        if ids is not None:
+            image_id = ids[Path(src).name]
+        else:
+            image_id, next_id = next_id, next_id + 1
+        results.extend(p.to_coco(image_id, category_id) for p in people)
+        if out_dir:
+            with timer.stage("draw"):
+                canvas = draw_people(img, people, schema, kpt_thr=args.kpt_thr, draw_boxes=True)
+            write_image(out_dir / f"{Path(src).stem}.jpg", canvas)
+    for kind, src in items:
+        if kind == "image":
+            continue
+        cap = open_video(src)
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+        cap.release()
+        name = f"webcam{src}" if kind == "webcam" else Path(src).stem
+        writer = VideoWriter(out_dir / f"{name}.mp4", fps=fps if fps > 0 else 25.0) if out_dir else None
+        try:
+            bar = tqdm(total=total, desc=name, disable=args.no_progress, file=sys.stderr)
+            for _, frame, people in est.video(src, tracker=GreedyTracker(schema), max_frames=args.max_frames):
+                n_people += len(people)
+                image_id, next_id = next_id, next_id + 1
+                results.extend(p.to_coco(image_id, category_id) for p in people)
+                if writer is not None:
+                    with timer.stage("draw"):
+                        canvas = draw_people(frame, people, schema, kpt_thr=args.kpt_thr, draw_boxes=True,
+                                             draw_ids=True)
+                    writer.write(canvas)
+                bar.update(1)
+            bar.close()
+        finally:
+            if writer is not None:
+                writer.close()
+    if args.out_json:
+        out = Path(args.out_json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(results))
+        tmp.replace(out)
+        if ids is None:
+            print(f"note: no --annotations given: image ids in {out} are sequential (1, 2, ...) in the order the "
+                  f"sources were read", file=sys.stderr)
+    print(f"{len(items)} source(s), {n_people} people" + (f", results: {args.out_json}" if args.out_json else ""))
+    if args.timing:
+        print(timer.format())
+    return 0
