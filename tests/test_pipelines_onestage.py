@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from posekit.data.geometry import letterbox
 from posekit.runtime.cards import load_card
 from posekit.runtime.testing import fake_rtmo, rtmo_offsets
 from posekit.pipelines.onestage import OneStagePipeline
@@ -36,14 +37,16 @@ def test_keypoints_and_boxes_map_back_to_image_pixels(pipe, shape, dot):
     # threshold (0.1) drops the 0.05 instance, NMS (0.65) drops the shifted duplicate
     assert len(people) == 1
     p = people[0]
-    s = min(640 / w, 640 / h)
+    _, M, s = letterbox(np.zeros((h, w, 3), np.uint8), (640, 640))
+    sxy = np.array([M[0, 0], M[1, 1]])  # the exact per-axis resize factors (int(W * s) / W)
     tol = 0.75 / s  # the argmax is exact to the input pixel: half a pixel plus rounding, in image pixels
     np.testing.assert_allclose(p.keypoints[8, :2], dot, atol=tol)
     # keypoint offsets are input pixels -> image pixels divide by the letterbox ratio
-    np.testing.assert_allclose(p.keypoints[:, :2] - p.keypoints[8, :2], rtmo_offsets(17) / s, atol=1e-3)
+    np.testing.assert_allclose(p.keypoints[:, :2] - p.keypoints[8, :2], rtmo_offsets(17) / sxy, atol=1e-3)
     assert p.score == pytest.approx(0.9) and np.allclose(p.keypoints[:, 2], 0.8)
     cx, cy = p.keypoints[8, :2]
-    expect = np.clip([cx - 20 / s, cy - 30 / s, cx + 20 / s, cy + 30 / s], 0, [w, h, w, h])
+    dx, dy = 20 / sxy[0], 30 / sxy[1]
+    expect = np.clip([cx - dx, cy - dy, cx + dx, cy + dy], 0, [w, h, w, h])
     np.testing.assert_allclose(p.box, expect, atol=1e-3)
 
 

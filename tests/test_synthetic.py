@@ -148,7 +148,7 @@ def test_figures_are_anatomical():
     rng = np.random.default_rng(5)
     for _ in range(300):
         f = S._Figure(rng, head_px=10.0)
-        fwd = f.R @ np.array([0.0, 0.0, 1.0])
+        body_left = f.R @ np.array([1.0, 0.0, 0.0])
         p = {k: v / 10.0 for k, v in f.pts.items()}  # head heights, camera frame (x, y, z)
         for s in ("left", "right"):
             thigh = p[f"{s}_knee"] - p[f"{s}_hip"]
@@ -158,14 +158,14 @@ def test_figures_are_anatomical():
             # limb lengths in head heights (adult ~1.85 / 1.8 / 1.4 / 1.15, children 0.72x)
             for vec, ln in ((thigh, 1.85), (shin, 1.8), (upper, 1.4), (fore, 1.15)):
                 assert 0.72 * 0.93 * ln - 1e-6 <= np.linalg.norm(vec) <= 1.07 * ln + 1e-6
-            # knees bend backwards only, elbows bend at most 145 degrees
-            d = thigh / np.linalg.norm(thigh)
-            c = shin / np.linalg.norm(shin)
-            assert np.dot(c - np.dot(c, d) * d, fwd) <= 1e-6
+            # knees bend one way only: the hinge axis thigh x shin points to the body's right (a knee bending
+            # forwards would point it to the left); elbows bend at most 145 degrees
+            hinge = np.cross(thigh, shin) / np.linalg.norm(thigh) / np.linalg.norm(shin)
+            if np.linalg.norm(hinge) > 0.05:
+                assert np.dot(hinge, body_left) < 0
             cos_e = np.dot(upper, fore) / np.linalg.norm(upper) / np.linalg.norm(fore)
             assert cos_e >= np.cos(np.radians(145.5))
         # the person's left shoulder is on the left side of the body: (left - right) . (body left) > 0
-        body_left = f.R @ np.array([1.0, 0.0, 0.0])
         assert np.dot(p["left_shoulder"] - p["right_shoulder"], body_left) > 0
         assert np.dot(p["left_eye"] - p["right_eye"], body_left) > 0
 

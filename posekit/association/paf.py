@@ -246,7 +246,7 @@ def score_limbs(
     # dropped before the remaining samples are read (the result is the same as reading all of them).
     allowed = num_samples - int(np.ceil(min_share * num_samples - 1e-9))
     order = np.argsort(np.abs(u - 0.5), kind="stable")
-    k1 = min(num_samples, max(3, allowed + 2))
+    k1 = min(num_samples, max(3, allowed + 1))
     first, rest = order[:k1], order[k1:]
     dots1 = _sample_dots(V, a, d, unit, lc, u[first], sampling)
     fails = (dots1 <= sample_threshold).sum(1)
@@ -272,31 +272,39 @@ def score_limbs(
 
 
 def _sample_dots(V, a, d, unit, lc, u, sampling):
-    """``L_c(a + u d) . unit`` for each pair (rows) and each ``u`` (columns); ``V`` is ``(h, w, n_limbs)``
-    complex64 (x + iy)."""
+    """``L_c(a + u d) . unit`` for each pair (rows) and each ``u`` (columns).
+
+    ``V`` is ``(h, w, n_limbs)`` complex64 (``x + iy``); ``a``, ``d``, ``unit`` float32 ``(M, 2)``; ``lc`` the limb
+    of each pair. Bilinear sampling interpolates the four corners' dot products (the dot is linear in ``L``).
+    """
     h, w, nl = V.shape
+    F = V.view(np.float32).reshape(-1)
     px = a[:, 0:1] + u[None] * d[:, 0:1]
     py = a[:, 1:2] + u[None] * d[:, 1:2]
-    flat = V.reshape(-1)
-    lcc = lc[:, None]
+    ux, uy = unit[:, 0:1], unit[:, 1:2]
+    lcc = 2 * lc[:, None].astype(np.int32)
     if sampling == "nearest":
-        xi = np.clip(np.rint(px), 0, w - 1).astype(np.int64)
-        yi = np.clip(np.rint(py), 0, h - 1).astype(np.int64)
-        v = flat[(yi * w + xi) * nl + lcc]
-    else:
-        px = np.clip(px, 0, w - 1)
-        py = np.clip(py, 0, h - 1)
-        x0 = np.minimum(px.astype(np.int64), max(w - 2, 0))
-        y0 = np.minimum(py.astype(np.int64), max(h - 2, 0))
-        fx = px - x0
-        fy = py - y0
-        sx = nl if w > 1 else 0
-        sy = w * nl if h > 1 else 0
-        i00 = (y0 * w + x0) * nl + lcc
-        top = flat[i00] * (1 - fx) + flat[i00 + sx] * fx
-        bot = flat[i00 + sy] * (1 - fx) + flat[i00 + sy + sx] * fx
-        v = top * (1 - fy) + bot * fy
-    return v.real * unit[:, 0:1] + v.imag * unit[:, 1:2]
+        xi = np.clip(np.rint(px), 0, w - 1).astype(np.int32)
+        yi = np.clip(np.rint(py), 0, h - 1).astype(np.int32)
+        i = (yi * w + xi) * (2 * nl) + lcc
+        return F[i] * ux + F[i + 1] * uy
+    np.clip(px, 0, w - 1, out=px)
+    np.clip(py, 0, h - 1, out=py)
+    x0 = np.minimum(px.astype(np.int32), max(w - 2, 0))
+    y0 = np.minimum(py.astype(np.int32), max(h - 2, 0))
+    fx = px - x0
+    fy = py - y0
+    sx = 2 * nl if w > 1 else 0
+    sy = 2 * nl * w if h > 1 else 0
+    i = (y0 * w + x0) * (2 * nl) + lcc
+    c00 = F[i] * ux + F[i + 1] * uy
+    c01 = F[i + sx] * ux + F[i + sx + 1] * uy
+    i += sy
+    c10 = F[i] * ux + F[i + 1] * uy
+    c11 = F[i + sx] * ux + F[i + sx + 1] * uy
+    top = c00 + (c01 - c00) * fx
+    bot = c10 + (c11 - c10) * fx
+    return top + (bot - top) * fy
 
 
 # ----------------------------------------------------------------------------------------------- matching

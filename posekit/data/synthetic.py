@@ -118,20 +118,18 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-9)
 
 
-def _limb_dir(abduct: float, flex: float, side: float) -> np.ndarray:
-    """Direction of a limb hanging from its joint: abduct sideways (outwards), then flex forwards (radians)."""
-    d = np.array([side * math.sin(abduct), math.cos(abduct), 0.0])
-    return _rx(flex) @ d
+def _limb_frame(abduct: float, flex: float, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """A limb hanging from its joint, abducted sideways (outwards) then flexed forwards (radians): its direction
+    and its front (the limb's own forward axis, orthogonal to the direction)."""
+    rot = _rx(flex)
+    d = rot @ np.array([side * math.sin(abduct), math.cos(abduct), 0.0])
+    return d, rot @ np.array([0.0, 0.0, 1.0])
 
 
-def _bend(d: np.ndarray, angle: float, towards: np.ndarray, twist: float, side: float) -> np.ndarray:
-    """Distal segment direction: ``d`` bent by ``angle`` towards ``towards`` (made orthogonal to ``d``), after
-    turning that bending direction about ``d`` by ``twist`` (positive = outwards for both sides)."""
-    b0 = towards - np.dot(towards, d) * d
-    if np.linalg.norm(b0) < 0.25:
-        up = np.array([0.0, -1.0, 0.0])
-        b0 = up - np.dot(up, d) * d
-    b0 = _unit(b0)
+def _bend(d: np.ndarray, angle: float, towards: np.ndarray, twist: float = 0.0, side: float = 1.0) -> np.ndarray:
+    """Distal segment direction: ``d`` bent by ``angle`` towards the unit vector ``towards`` (orthogonal to ``d``),
+    after turning that bending direction about ``d`` by ``twist`` (positive = outwards for both sides)."""
+    b0 = towards
     if twist:
         b0 = math.cos(twist) * b0 + side * math.sin(twist) * np.cross(d, b0)
     return math.cos(angle) * d + math.sin(angle) * b0
@@ -242,17 +240,18 @@ class _Figure:
             P[f"{s}_shoulder"] = T @ np.array([sd * sh_w, -torso_len + 0.12, 0.0])
             P[f"{s}_hip"] = np.array([sd * hip_w, 0.0, 0.0])
             a = pose["arm"][s[0].upper()]
-            d_local = _limb_dir(rad(a[0]), rad(a[1]), sd)
-            f_local = _bend(d_local, rad(a[2]), np.array([0.0, 0.0, 1.0]), rad(a[3]), sd)
+            d_local, front = _limb_frame(rad(a[0]), rad(a[1]), sd)
+            f_local = _bend(d_local, rad(a[2]), front, rad(a[3]), sd)  # elbows bend to the arm's front
             P[f"{s}_elbow"] = P[f"{s}_shoulder"] + 1.4 * ls * (T @ d_local)
             P[f"{s}_wrist"] = P[f"{s}_elbow"] + 1.15 * ls * (T @ f_local)
             P[f"{s}_hand"] = P[f"{s}_wrist"] + 0.3 * ls * (T @ f_local)
             g = pose["leg"][s[0].upper()]
-            d = _limb_dir(rad(g[0]), rad(g[1]), sd)
-            c = _bend(d, rad(g[2]), np.array([0.0, 0.0, -1.0]), 0.0, sd)
+            d, front = _limb_frame(rad(g[0]), rad(g[1]), sd)
+            k = rad(g[2])
+            c = _bend(d, k, -front)  # knees bend to the back of the thigh
             P[f"{s}_knee"] = P[f"{s}_hip"] + 1.85 * ls * d
             P[f"{s}_ankle"] = P[f"{s}_knee"] + 1.8 * ls * c
-            foot = _bend(c, rad(90), np.array([0.0, 0.0, 1.0]), 0.0, sd)
+            foot = _bend(math.sin(k) * d + math.cos(k) * front, _u(rng, -0.3, 0.3), c)
             P[f"{s}_toe"] = P[f"{s}_ankle"] + 0.55 * ls ** 0.5 * foot + 0.08 * c
         P["upper_neck"] = P["neck"] + T @ np.array([0.0, -0.3, 0.0])
         head_c = P["upper_neck"] + Hm @ np.array([0.0, -0.42, 0.04])

@@ -60,19 +60,19 @@ class PafParams:
 
     input_mode: str = "keep_aspect"
     input_size: tuple[int, int] = (432, 368)
-    target_height: int = 368
+    target_height: int = 432
     size_multiple: int = 8
     max_width: int | None = 1024
     scales: tuple[float, ...] = (1.0,)
     upsample: int = 1
     smooth_sigma: float = 0.0
-    peak_threshold: float = 0.1
+    peak_threshold: float = 0.05
     nms_window: int = 3
     subpixel: str = "quadratic"
     max_peaks: int = 64
     paf_samples: int = 10
     paf_sample_threshold: float = 0.05
-    paf_min_share: float = 0.8
+    paf_min_share: float = 0.6
     paf_score_threshold: float = 0.0
     length_prior: float = 0.5
     sampling: str = "bilinear"

@@ -34,7 +34,7 @@ class GreedyTracker:
         use_oks: match by OKS (else by box IoU).
         oks_thr, iou_thr: minimum similarity to continue a track.
         kpt_thr: keypoints of a track with score above it count in the OKS.
-        max_age: frames a track survives without a match.
+        max_age: consecutive frames without a match a track survives (then it is dropped).
     """
 
     def __init__(self, schema: KeypointSchema | str = "coco17", use_oks: bool = True, oks_thr: float = 0.3,
@@ -72,7 +72,7 @@ class GreedyTracker:
     def update(self, people: list[Person]) -> list[Person]:
         """Assign ``track_id`` to each person of the next frame (in place); returns ``people``."""
         self.frame += 1
-        self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= self.max_age]
+        self.tracks = [t for t in self.tracks if self.frame - t.last_frame - 1 <= self.max_age]
         matched_people: set[int] = set()
         if people and self.tracks:
             sim, thr = self._similarity(people)
