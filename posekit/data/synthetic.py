@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -1,0 +1,107 @@
+"""`posekit predict` and predict_coco, with stand-in models of the official interfaces on the real images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import shared_path
+from posekit.cli import main
+from posekit.pipelines.coco_runner import predict_coco
+from posekit.pipelines.estimator import PoseEstimator
+from posekit.runtime.cards import load_card
+from posekit.runtime.testing import fake_rtmo, fake_simcc
+
+
+def write_card(tmp_path, base, onnx_bytes, name):
+    (tmp_path / f"{name}.onnx").write_bytes(onnx_bytes)
+    d = yaml.safe_load(open(load_card(base).source))
+    d["name"] = name
+    d["weights"] = {"path": str(tmp_path / f"{name}.onnx")}
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(d))
+    return str(f)
+
+
+@pytest.fixture
+def rtmo_card(tmp_path):
+    return write_card(tmp_path, "rtmo-s", fake_rtmo(640), "fake-rtmo")
+
+
+def test_predict_images_with_annotation_ids(tmp_path, rtmo_card, capsys):
+    img_dir = shared_path("data", "mmpose-coco", "images")
+    ann = shared_path("data", "mmpose-coco", "person_keypoints.json")
+    out = tmp_path / "res.json"
+    rc = main(["predict", str(img_dir), "--model", rtmo_card, "--out-json", str(out), "--annotations", str(ann),
+               "--out-dir", str(tmp_path / "viz"), "--timing", "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    ids = {im["file_name"]: im["id"] for im in json.loads(ann.read_text())["images"]}
+    assert len(res) == 4 and sorted(r["image_id"] for r in res) == sorted(ids.values())
+    for r in res:
+        assert len(r["keypoints"]) == 51 and r["category_id"] == 1 and r["score"] == pytest.approx(0.9)
+    # each result's keypoint 8 is the brightest pixel of its own image (the stand-in's output)
+    for name, image_id in ids.items():
+        img = cv2.imread(str(img_dir / name)).astype(np.int32).sum(2)
+        r = next(r for r in res if r["image_id"] == image_id)
+        x, y = r["keypoints"][24:26]
+        assert img[int(round(y)), int(round(x))] >= img.max() - 60
+    assert sorted(p.name for p in (tmp_path / "viz").iterdir()) == sorted(ids)
+    text = capsys.readouterr().out
+    assert "network" in text and "decode" in text and "draw" in text
+
+
+def test_predict_sequential_ids_note_and_video(tmp_path, rtmo_card, capsys):
+    src = shared_path("data", "mmpose-coco", "images", "000000000785.jpg")
+    vid = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 120))
+    for t in range(3):
+        frame = np.zeros((120, 160, 3), np.uint8)
+        cv2.circle(frame, (40 + 2 * t, 60), 6, (255, 255, 255), -1)
+        vw.write(cv2.GaussianBlur(frame, (0, 0), 3))
+    vw.release()
+    out = tmp_path / "r.json"
+    rc = main(["predict", str(src), str(vid), "--model", rtmo_card, "--out-json", str(out), "--out-dir",
+               str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [r["image_id"] for r in res] == [1, 2, 3, 4]
+    assert [r.get("track_id") for r in res] == [None, 0, 0, 0]
+    assert "sequential" in capsys.readouterr().err
+    assert (tmp_path / "o" / "clip.mp4").is_file() and (tmp_path / "o" / "000000000785.jpg").is_file()
+
+
+def test_predict_errors(tmp_path, rtmo_card, capsys):
+    assert main(["predict", str(tmp_path / "nothing.jpg"), "--model", rtmo_card]) == 1
+    assert "source not found" in capsys.readouterr().err
+    other = tmp_path / "x.jpg"
+    shutil.copy(shared_path("data", "mmpose-coco", "images", "000000000785.jpg"), other)
+    ann = shared_path("data", "mmpose-coco", "person_keypoints.json")
+    assert main(["predict", str(other), "--model", rtmo_card, "--annotations", str(ann)]) == 1
+    assert "not in" in capsys.readouterr().err
+    assert main(["predict", str(other), "--model", "no-such-card"]) == 1
+    assert "unknown model card" in capsys.readouterr().err
+
+
+def test_predict_coco_gt_and_detection_boxes(tmp_path):
+    card = write_card(tmp_path, "rtmpose-s", fake_simcc(), "fake-pose")
+    est = PoseEstimator(card, detector=lambda img: (np.zeros((0, 4)), np.zeros(0)))
+    ann_file = shared_path("data", "mmpose-coco", "person_keypoints.json")
+    img_dir = shared_path("data", "mmpose-coco", "images")
+    ann = json.loads(ann_file.read_text())
+    res = predict_coco(est, ann_file, img_dir, boxes="gt", progress=False)
+    gt = [a for a in ann["annotations"] if not a["iscrowd"]]
+    assert len(res) == len(gt) == 14
+    assert sorted(tuple(np.round(r["bbox"], 1)) for r in res) == sorted(tuple(np.round(a["bbox"], 1)) for a in gt)
+    dets = shared_path("data", "mmpose-coco", "person_detections_AP_H_56.json")
+    res = predict_coco(est, ann_file, img_dir, boxes=str(dets), progress=False)
+    assert len(res) == 118 and {r["image_id"] for r in res} == {im["id"] for im in ann["images"]}
+    assert predict_coco(est, ann_file, img_dir, boxes="model", progress=False) == []
+    rtmo = PoseEstimator(write_card(tmp_path, "rtmo-s", fake_rtmo(640), "r"))
+    with pytest.raises(ValueError, match="top-down"):
+        predict_coco(rtmo, ann_file, img_dir, boxes="gt", progress=False)
