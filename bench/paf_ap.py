@@ -85,11 +85,10 @@ def main(argv=None) -> int:
     rows = [("tf-pose input 432x368 (fixed)", PafParams.tfpose()), ("posekit defaults", d)]
     if not args.quick:
         rows += [
-            ("keep-aspect h=320", replace(d, target_height=320)),
-            ("keep-aspect h=432", replace(d, target_height=432)),
+            ("keep-aspect h=368", replace(d, target_height=368)),
             ("keep-aspect h=496", replace(d, target_height=496)),
             ("scales (1.0, 1.25)", replace(d, scales=(1.0, 1.25))),
-            ("scales (1.0, 0.75, 1.25)", replace(d, scales=(1.0, 0.75, 1.25))),
+            ("scales (1.0, 0.75)", replace(d, scales=(1.0, 0.75))),
             ("upsample x2", replace(d, upsample=2)),
             ("upsample x4", replace(d, upsample=4)),
             ("upsample x8", replace(d, upsample=8)),
@@ -97,12 +96,13 @@ def main(argv=None) -> int:
             ("smooth sigma 1", replace(d, smooth_sigma=1.0)),
             ("subpixel none", replace(d, subpixel="none")),
             ("subpixel centroid", replace(d, subpixel="centroid")),
-            ("peak threshold 0.05", replace(d, peak_threshold=0.05)),
-            ("peak threshold 0.2", replace(d, peak_threshold=0.2)),
+            ("peak threshold 0.03", replace(d, peak_threshold=0.03)),
+            ("peak threshold 0.1 (OpenPose)", replace(d, peak_threshold=0.1)),
             ("paf samples 5", replace(d, paf_samples=5)),
             ("paf samples 20", replace(d, paf_samples=20)),
             ("sampling nearest", replace(d, sampling="nearest")),
-            ("paf min share 0.6", replace(d, paf_min_share=0.6)),
+            ("paf min share 0.8 (OpenPose)", replace(d, paf_min_share=0.8)),
+            ("paf sample threshold 0.1", replace(d, paf_sample_threshold=0.1)),
             ("no length prior", replace(d, length_prior=0.0)),
             ("matching exact", replace(d, matching="exact")),
             ("min parts 3", replace(d, min_parts=3)),
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
             ("instance score mean_x_sqrt_share", replace(d, instance_score="mean_x_sqrt_share")),
             ("tf-pose input + exact", PafParams.tfpose(matching="exact")),
             ("tf-pose input + upsample x4", PafParams.tfpose(upsample=4)),
+            ("tf-pose input + OpenPose thresholds", PafParams.tfpose(peak_threshold=0.1, paf_min_share=0.8)),
         ]
     header = f"{'setting':40s} " + " ".join(f"{n[:15]:>15s} AP  AP50    AR" for n in data)
     print(header)

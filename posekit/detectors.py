@@ -7,6 +7,7 @@ callable of that form as their box source.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -57,11 +58,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode_yolox_raw(out: np.ndarray, input_size: tuple[int, int], strides: Sequence[int], class_id: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a raw YOLOX head ``(A, 5 + C)`` (``dx, dy, log w, log h, obj, classes``, sigmoid already applied to
-    objectness and classes; anchors row-major per level, levels in ``strides`` order) into xyxy boxes in
-    model-input pixels and ``obj * cls[class_id]`` scores."""
+@lru_cache(maxsize=16)
+def _yolox_grid(input_size: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     w, h = input_size
     grids, steps = [], []
     for s in strides:
@@ -69,16 +67,27 @@ def decode_yolox_raw(out: np.ndarray, input_size: tuple[int, int], strides: Sequ
         ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
         grids.append(np.stack([xs.ravel(), ys.ravel()], -1))
         steps.append(np.full(gh * gw, s))
-    grid = np.concatenate(grids).astype(np.float32)
-    step = np.concatenate(steps).astype(np.float32)[:, None]
+    return np.concatenate(grids).astype(np.float32), np.concatenate(steps).astype(np.float32)[:, None]
+
+
+def decode_yolox_raw(out: np.ndarray, input_size: tuple[int, int], strides: Sequence[int], class_id: int,
+                     score_thr: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a raw YOLOX head ``(A, 5 + C)`` (``dx, dy, log w, log h, obj, classes``, sigmoid already applied to
+    objectness and classes; anchors row-major per level, levels in ``strides`` order) into xyxy boxes in
+    model-input pixels and ``obj * cls[class_id]`` scores. With ``score_thr`` only anchors scoring above it are
+    decoded and returned."""
+    grid, step = _yolox_grid(tuple(int(v) for v in input_size), tuple(int(s) for s in strides))
     if out.shape[0] != len(grid):
-        raise ValueError(f"raw YOLOX output has {out.shape[0]} anchors; input {w}x{h} with strides {list(strides)} "
-                         f"gives {len(grid)}")
+        raise ValueError(f"raw YOLOX output has {out.shape[0]} anchors; input {input_size[0]}x{input_size[1]} "
+                         f"with strides {list(strides)} gives {len(grid)}")
     if class_id >= out.shape[1] - 5:
         raise ValueError(f"class_id {class_id} is out of range for {out.shape[1] - 5} classes")
+    scores = out[:, 4] * out[:, 5 + class_id]
+    if score_thr is not None:
+        keep = np.flatnonzero(scores > score_thr)
+        out, scores, grid, step = out[keep], scores[keep], grid[keep], step[keep]
     cxy = (out[:, :2] + grid) * step
     wh = np.exp(np.clip(out[:, 2:4], -20, 20)) * step
-    scores = out[:, 4] * out[:, 5 + class_id]
     boxes = np.concatenate([cxy - wh / 2, cxy + wh / 2], axis=1)
     return boxes.astype(np.float32), scores.astype(np.float32)
 
@@ -144,9 +153,8 @@ class PersonDetector:
             raw = np.asarray(outputs[self.card.output_names[0]])
             if raw.ndim != 3:
                 raise ValueError(f"detector '{self.card.name}': output shape {raw.shape}, expected [1, A, 5 + C]")
-            boxes, scores = decode_yolox_raw(raw[0], self.card.input_size, spec.strides, spec.class_id)
-            ok = scores > self.score_thr
-            boxes, scores = boxes[ok], scores[ok]
+            boxes, scores = decode_yolox_raw(raw[0], self.card.input_size, spec.strides, spec.class_id,
+                                             score_thr=self.score_thr)
             keep = nms(boxes, scores, self.nms_thr)
             boxes, scores = boxes[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")

@@ -9,7 +9,7 @@ import torch
 
 from posekit.models.presets import build_model
 from posekit.models.weights import WeightsError, extract_state_dict, load_weights
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from posekit.models.openpose import OpenPose
 from posekit.models.presets import PRESETS, build_model
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 @pytest.fixture(scope="module")

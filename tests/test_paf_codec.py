@@ -16,7 +16,7 @@ from posekit.codecs.paf import (
     pixels_to_cells,
 )
 from posekit.schema import coco17_to_openpose18
-from tests.conftest import shared_path
+from conftest import shared_path
 
 S = 8
 CENTRE = (S - 1) / 2  # input-pixel coordinate of cell 0's centre

@@ -199,6 +199,8 @@ class PafCodec:
             raise ValueError(f"PafCodec: limb_width must be > 0, got {self.limb_width}")
         if len(self.limbs) != len(self.paf_channels):
             raise ValueError(f"PafCodec: {len(self.limbs)} limbs but {len(self.paf_channels)} PAF channel pairs")
+        if self.num_parts < 1 or any(not (0 <= j < self.num_parts) for limb in self.limbs for j in limb):
+            raise ValueError(f"PafCodec: limbs {list(self.limbs)} must index parts 0..{self.num_parts - 1}")
         flat = [c for pair in self.paf_channels for c in pair]
         if sorted(flat) != list(range(2 * len(self.limbs))):
             raise ValueError(f"PafCodec: paf_channels must use each of 0..{2 * len(self.limbs) - 1} once")
@@ -244,7 +246,7 @@ class PafCodec:
         kp = self.to_parts(sample.get("keypoints", np.zeros((0, self.num_parts, 3))))
         heat = render_confidence_maps(kp, hw, self.stride, self.sigma)
         if self.background:
-            bg = np.maximum(1.0 - (heat.max(axis=0) if len(heat) else 0.0), 0.0)
+            bg = np.maximum(1.0 - heat.max(axis=0), 0.0)
             heat = np.concatenate([heat, bg[None].astype(np.float32)], axis=0)
         pafs = render_pafs(kp, hw, self.stride, self.limb_width, self.limbs, self.paf_channels)
         if sample.get("mask") is not None:

@@ -19,7 +19,6 @@ are at input pixels ``8 * j + 3.5`` (:mod:`posekit.codecs.paf`).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np

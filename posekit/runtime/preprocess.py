@@ -24,14 +24,18 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def to_tensor(images: np.ndarray, card: ModelCard) -> np.ndarray:
-    """``(N, h, w, 3)`` uint8 BGR -> float32 batch in the card's colour order, mean/std and layout."""
+    """``(N, h, w, 3)`` uint8 BGR -> float32 batch in the card's colour order, mean/std and layout (one converting
+    copy, normalisation in place)."""
     x = images[..., ::-1] if card.color == "rgb" else images
-    x = x.astype(np.float32)
-    if card.needs_normalisation:
-        x = (x - np.asarray(card.mean, np.float32)) / np.asarray(card.std, np.float32)
     if card.input_layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x)
+    out = np.empty(x.shape, np.float32)
+    out[...] = x
+    if card.needs_normalisation:
+        shape = (1, 3, 1, 1) if card.input_layout == "NCHW" else (1, 1, 1, 3)
+        out -= np.asarray(card.mean, np.float32).reshape(shape)
+        out *= (1.0 / np.asarray(card.std, np.float32)).reshape(shape)
+    return out
 
 
 def input_size_for(image_shape: tuple[int, int], card: ModelCard) -> tuple[int, int]:

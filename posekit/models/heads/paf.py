@@ -146,7 +146,8 @@ class TPAMIStages(nn.Module):
                  heatmap_mid: int = 256, num_blocks: int = 5) -> None:
         super().__init__()
         if paf_stages < 1 or heatmap_stages < 1:
-            raise ValueError(f"TPAMIStages: need >= 1 PAF and >= 1 confidence stage, got {paf_stages}, {heatmap_stages}")
+            raise ValueError(f"TPAMIStages: need >= 1 PAF and >= 1 confidence stage, "
+                             f"got {paf_stages}, {heatmap_stages}")
         self.paf_channels, self.heatmap_channels = paf_channels, heatmap_channels
         self.num_paf_stages, self.num_heatmap_stages = paf_stages, heatmap_stages
         for t in range(1, paf_stages + 1):
