@@ -1,8 +1,14 @@
 """``posekit evaluate``: COCO / CrowdPose keypoint AP of a results json against annotations.
 
+Two modes:
+
+- ``--results RES.json``: evaluate an existing COCO results file;
+- ``--model CARD --images DIR``: run a model (a built-in card name or a card YAML) over the annotation file's
+  images first (``--detector`` / ``--boxes gt|DETS.json`` pick the person boxes of top-down models), optionally
+  writing the results (``--out-json``), then evaluate them.
+
 Output: the evaluator's own summary, then a table of the named stats, and as the LAST line exactly one JSON object
-of the stats (``--quiet``: only that line). A later ``--model CARD --images DIR`` mode (predict, then evaluate) can
-reuse :func:`print_stats` and :func:`run_evaluation`.
+of the stats (``--quiet``: only that line).
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=("coco", "crowdpose"), default="coco", help="stat set (default: coco)")
     p.add_argument("--quiet", action="store_true", help="print only the JSON line")
+    m = p.add_argument_group("model mode (predict, then evaluate)")
+    m.add_argument("--model", metavar="CARD", help="model card name (e.g. tfpose-mnv2, rtmo-s) or card YAML path")
+    m.add_argument("--weights", metavar="PATH", help="ONNX weights for --model (else the cache / download)")
+    m.add_argument("--detector", metavar="CARD", help="person detector card for a top-down --model")
+    m.add_argument("--detector-weights", metavar="PATH", help="ONNX weights for --detector")
+    m.add_argument(
+        "--boxes", metavar="gt|DETS.json", default="model",
+        help="top-down person boxes: 'gt' (ground-truth boxes) or a COCO detections json (default: the detector)",
+    )
+    m.add_argument("--images", metavar="DIR", help="folder of the annotation file's images (required with --model)")
+    m.add_argument("--out-json", metavar="RES.json", help="also write the predicted results here")
+    m.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    m.add_argument("--flip-test", action="store_true", help="flip test (top-down models)")
     p.set_defaults(func=run)
     return p
 
@@ -76,8 +95,32 @@ def run_evaluation(args, results) -> dict:
     return stats
 
 
+def predict_results(args) -> list[dict]:
+    """Run ``args.model`` over the images of ``args.annotations`` (model mode); write ``--out-json`` if given."""
+    from posekit.pipelines.coco_runner import predict_coco
+    from posekit.pipelines.estimator import PoseEstimator
+
+    if not args.images:
+        raise ValueError("--images DIR is required with --model (the folder of the annotation file's images)")
+    estimator = PoseEstimator(
+        model=args.model, detector=args.detector, weights=args.weights, detector_weights=args.detector_weights,
+        threads=args.threads, flip_test=args.flip_test,
+    )
+    results = predict_coco(estimator, args.annotations, args.images, boxes=args.boxes, progress=not args.quiet)
+    if args.out_json:
+        from posekit.evaluation.results import save_results
+
+        save_results(results, args.out_json)
+    return results
+
+
 def run(args) -> int:
-    if getattr(args, "model", None) is None and not args.results:
-        raise ValueError("--results is required (a COCO keypoint results json)")
-    run_evaluation(args, args.results)
+    if args.model and args.results:
+        raise ValueError("give either --results (evaluate a file) or --model (predict, then evaluate), not both")
+    if args.model:
+        run_evaluation(args, predict_results(args))
+    elif not args.results:
+        raise ValueError("--results is required (a COCO keypoint results json), or --model CARD --images DIR")
+    else:
+        run_evaluation(args, args.results)
     return 0

@@ -7,6 +7,7 @@ preset's tunable fields and which returns the ``nn.Module``. Model families add 
 ``openpose-cmu-coco``     CMU OpenPose COCO body model (CVPR'17), CMU layer names (:mod:`.openpose`)
 ``openpose-tpami``        OpenPose TPAMI'19: PAF stages then confidence stages
 ``openpose-light``        small MobileNetV2 trunk + two thin stages (trains on a CPU)
+``rtmo-t|s|m|l``          RTMO one-stage model, official sizes (:mod:`.rtmo`)
 ========================  ==========================================================================
 """
 
@@ -18,6 +19,7 @@ from typing import Callable
 import torch.nn as nn
 
 from posekit.models.openpose import openpose_cmu_coco, openpose_light, openpose_tpami
+from posekit.models.rtmo import RTMO_PRESETS, build_rtmo
 
 __all__ = ["PRESETS", "build_model", "list_models"]
 
@@ -27,6 +29,18 @@ PRESETS: dict[str, Callable[..., nn.Module]] = {
     "openpose-tpami": openpose_tpami,
     "openpose-light": openpose_light,
 }
+
+
+def _rtmo_builder(name: str) -> Callable[..., nn.Module]:
+    def builder(**overrides) -> nn.Module:
+        return build_rtmo(name, **overrides)
+
+    builder.__name__ = builder.__qualname__ = name.replace("-", "_")
+    builder.__doc__ = f"RTMO preset {name!r} (overrides: any RTMOConfig field)."
+    return builder
+
+
+PRESETS.update({name: _rtmo_builder(name) for name in RTMO_PRESETS})
 
 
 def list_models() -> list[str]:
