@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from posekit.pipelines.bottomup import PafParams, PafPipeline, onnx_network
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
-import json
 import math
 import numbers
 import os
@@ -30,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from posekit.data.io import read_image
+from posekit.data.io import read_image, read_json
 from posekit.schema import KeypointSchema, get_schema
 
 try:  # a real torch Dataset when torch is there; the class works the same without it
@@ -411,13 +410,7 @@ class CocoKeypointIndex:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a COCO json object with 'images' and 'annotations', got a {type(data).__name__}")
     for key in ("images", "annotations"):

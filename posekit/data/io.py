@@ -193,3 +193,17 @@ def write_image(path: str | os.PathLike, img: np.ndarray, quality: int | None = 
             pass
         raise
     return p
+
+
+def read_json(path: str | os.PathLike, what: str = "json file"):
+    """Parse a json file; a missing file or invalid json raises an error naming ``what`` and the path."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e

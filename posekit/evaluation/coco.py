@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posekit.data.io import read_json
 from posekit.evaluation.results import load_results, validate_results
 
 __all__ = [
@@ -56,12 +57,7 @@ def load_coco_dataset(gt) -> tuple[dict, str]:
     """The COCO annotation dict and a name for messages, from a path, a dict or a pycocotools/xtcocotools ``COCO``."""
     if isinstance(gt, (str, os.PathLike)):
         path = Path(gt)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid json ({e})") from None
+        data = read_json(path, "annotation file")
         source = str(path)
     elif isinstance(gt, Mapping):
         data, source = gt, "<annotations dict>"

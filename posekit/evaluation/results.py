@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from posekit.data.io import read_json
+
 __all__ = ["save_results", "load_results", "validate_results", "people_to_results"]
 
 _REQUIRED = ("image_id", "category_id", "keypoints", "score")
@@ -142,12 +144,7 @@ def load_results(
         image_ids: the image ids of the annotations; entries naming others are an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid json ({e})") from None
+    data = read_json(path, "results file")
     return validate_results(data, num_keypoints=num_keypoints, image_ids=image_ids, source=str(path))
 
 

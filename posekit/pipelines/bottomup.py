@@ -12,7 +12,7 @@ and ``x_img = (x_in + 0.5) * W / w - 0.5``. Maps upsampled ``f`` times keep that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
 import cv2

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from posekit.data.io import read_json
 
 __all__ = ["predict_coco", "load_coco_images"]
 
@@ -14,12 +15,7 @@ __all__ = ["predict_coco", "load_coco_images"]
 def load_coco_images(ann_file: str | Path) -> tuple[dict, list[dict]]:
     """The parsed COCO json and its ``images`` list (clear errors naming the file)."""
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    try:
-        data = json.loads(ann_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ann_file}: not valid JSON: {e}") from None
+    data = read_json(ann_file, "annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{ann_file}: field 'images' is missing (not a COCO annotation file)")
     for i, im in enumerate(data["images"]):

@@ -7,7 +7,6 @@ crop pixels -> back-projection to image pixels with the inverse crop affine -> o
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from posekit.data.geometry import apply_affine, invert_affine
+from posekit.data.io import read_json
 from posekit.runtime.cards import ModelCard, load_card
 from posekit.runtime.download import resolve_weights
 from posekit.runtime.onnx import OnnxModel
@@ -78,12 +78,7 @@ def load_detections(path: str | Path, min_score: float = 0.0, category_id: int =
     """A COCO detections json (list of ``{image_id, category_id, bbox [x,y,w,h], score}``) -> ``{image_id: (boxes
     (N, 4) xyxy, scores (N,))}``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detections file not found: {path}")
-    try:
-        dets = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    dets = read_json(path, "detections file")
     if not isinstance(dets, list):
         raise ValueError(f"{path}: expected a list of detections, got {type(dets).__name__}")
     acc: dict[int, list] = defaultdict(list)
