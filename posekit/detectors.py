@@ -17,46 +17,10 @@ from posekit.data.geometry import invert_affine
 from posekit.runtime.cards import ModelCard, load_card
 from posekit.runtime.download import resolve_weights
 from posekit.runtime.onnx import OnnxModel
+from posekit.boxes import box_iou, nms
 from posekit.runtime.preprocess import prepare_image
 
 __all__ = ["PersonDetector", "nms", "box_iou", "decode_yolox_raw", "map_boxes"]
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``(len(a), len(b))`` of xyxy boxes (continuous coordinates: area = (x2 - x1) * (y2 - y1))."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Greedy NMS (posekit's own, numpy): indices of the kept boxes, by decreasing score. A box is dropped when
-    its IoU with a kept higher-scoring box is ``> iou_thr``. Each step is vectorised over the remaining boxes."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    if len(boxes) != len(scores):
-        raise ValueError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_thr]
-    return np.asarray(keep, dtype=np.int64)
-
 
 @lru_cache(maxsize=16)
 def _yolox_grid(input_size: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from posekit.boxes import box_iou, nms
+
 from ..layers import GAU, ConvModule, Scale, SinePositionalEncoding
 
 __all__ = [
@@ -61,15 +63,8 @@ def bbox_xyxy_to_cs(boxes: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
 
 
 def box_iou_matrix(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """IoU between xyxy boxes ``a (N, 4)`` and ``b (M, 4)`` -> ``(N, M)``; union clamped to ``eps``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = np.maximum(area_a[:, None] + area_b[None, :] - inter, eps)
-    return inter / union
+    """IoU between xyxy boxes ``a (N, 4)`` and ``b (M, 4)`` -> ``(N, M)``; union clamped to ``eps`` (MMPose's)."""
+    return box_iou(a, b, eps=eps)
 
 
 def nms_xyxy(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch.Tensor:
@@ -77,23 +72,10 @@ def nms_xyxy(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch
 
     ``boxes (N, 4)`` xyxy, ``scores (N,)``. Returns the kept indices (int64, descending score).
     """
-    n = int(boxes.shape[0])
-    if n == 0:
+    if int(boxes.shape[0]) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.argsort(scores.detach(), descending=True, stable=True)
-    b = boxes.detach()[order].float().cpu().numpy()
-    suppressed = np.zeros(n, dtype=bool)
-    keep = []
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if i + 1 < n:
-            rest = np.nonzero(~suppressed[i + 1:])[0] + i + 1
-            if rest.size:
-                ious = box_iou_matrix(b[i:i + 1], b[rest])[0]
-                suppressed[rest[ious > iou_thr]] = True
-    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+    keep = nms(boxes.detach().float().cpu().numpy(), scores.detach().float().cpu().numpy(), iou_thr)
+    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
