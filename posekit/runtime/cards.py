@@ -137,6 +137,8 @@ class ModelCard:
         resize: ``letterbox`` (top-left), ``letterbox-center``, ``fixed`` (plain resize), ``keep-aspect-height``
             (height = ``input_size[1]``, width rounded up to ``size_multiple``) or ``crop`` (top-down affine crop).
         input_size: ``(w, h)`` model input; pad_value: letterbox fill; size_multiple: for ``keep-aspect-height``.
+        interpolation: the whole-image resize filter, ``linear`` (OpenCV's bilinear, the default) or ``area``
+            (OpenCV's pixel-area averaging: a better filter when the model input is smaller than the image).
         output_names: names of the outputs the kind reads, in the kind's order.
         output_layouts: per output name, a layout string (documentation and checks, e.g. ``"B,N,5"``).
         schema: keypoint schema name (``coco17``…); score_thr, nms_thr: instance score and NMS IoU thresholds.
@@ -158,6 +160,7 @@ class ModelCard:
     resize: str = "letterbox"
     pad_value: float = 114.0
     size_multiple: int = 1
+    interpolation: str = "linear"
     output_names: tuple[str, ...] = ()
     output_layouts: Mapping[str, str] = field(default_factory=dict)
     schema: str = "coco17"
@@ -344,6 +347,7 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
         raise i.err("resize", f"'crop' is only for top-down models (simcc, heatmap), not {kind!r}")
     pad_value = i.num("pad_value", 114.0, lo=0, hi=255)
     size_multiple = i.num("size_multiple", 1, lo=1, integer=True)
+    interpolation = i.str_("interpolation", "linear", choices=("linear", "area"))
     i.finish()
 
     o = r.section("outputs")
@@ -442,7 +446,7 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
     return ModelCard(
         name=name, kind=kind, weights=weights, input_name=input_name, input_size=(size[0], size[1]),
         input_layout=layout, color=color, mean=mean, std=std, resize=resize, pad_value=pad_value,
-        size_multiple=size_multiple, output_names=tuple(out_names), output_layouts=dict(layouts), schema=schema,
+        size_multiple=size_multiple, interpolation=interpolation, output_names=tuple(out_names), output_layouts=dict(layouts), schema=schema,
         score_thr=score_thr, nms_thr=nms_thr, nms_inside=nms_inside, box_padding=box_padding,
         description=description, paf=paf, simcc=simcc, heatmap=heatmap, detector=detector, source=source,
     )

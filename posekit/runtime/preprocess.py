@@ -57,18 +57,19 @@ def prepare_image(image: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.nd
     """
     _check_image(image)
     H, W = image.shape[:2]
+    interp = cv2.INTER_AREA if card.interpolation == "area" else cv2.INTER_LINEAR
     if card.resize in ("letterbox", "letterbox-center"):
         out, M, _ = letterbox(image, card.input_size, pad_value=int(card.pad_value),
-                              center=card.resize == "letterbox-center")
+                              center=card.resize == "letterbox-center", interpolation=interp)
     elif card.resize == "fixed":
         w, h = card.input_size
-        out = image if (w, h) == (W, H) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        out = image if (w, h) == (W, H) else cv2.resize(image, (w, h), interpolation=interp)
         sx, sy = w / W, h / H
         M = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
     elif card.resize == "keep-aspect-height":
         w, h = input_size_for(image.shape, card)
         nw = min(w, max(1, int(round(W * h / H))))
-        resized = cv2.resize(image, (nw, h), interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image, (nw, h), interpolation=interp)
         out = np.full((h, w, 3), int(card.pad_value), np.uint8)
         out[:, :nw] = resized
         sx, sy = nw / W, h / H

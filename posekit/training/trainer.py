@@ -336,8 +336,6 @@ class Trainer:
                                 self._save("best.pt", step, best, gather_rng=False)
                     barrier()
                 last_ckpt = self._save("last.pt", step, best)
-                if step == stall:
-                    self._stall(step)
         finally:
             pbar.close()
             logger.close()
