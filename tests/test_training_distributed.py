@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from posekit.data.synthetic import make_synthetic_dataset
@@ -73,17 +72,15 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path):
 
     c1, c2 = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
     assert c1["step"] == c2["step"] == 6 and c2["world_size"] == 2 and len(c2["rng"]) == 2
-    worst, moved = 0.0, 0.0
+    worst = 0.0
     for k, v in c1["model"].items():
         worst = max(worst, float((v - c2["model"][k]).abs().max()))
     for k, v in c1["ema"]["module"].items():
         worst = max(worst, float((v - c2["ema"]["module"][k]).abs().max()))
     print(f"max |params(1 process) - params(2 processes)| after 6 steps: {worst:.3g}")
     assert worst <= 1e-6
-    # the comparison is not vacuous: training moved the weights much more than the tolerance
-    torch.manual_seed(11)
-    first = load_checkpoint(one / "last.pt")["model"]["head.weight"]
-    assert float(first.abs().max()) > 1e-2
+    # the comparison is not vacuous: the head starts at std 1e-3 and training moved it far beyond the tolerance
+    assert float(c1["model"]["head.weight"].abs().max()) > 1e-2
     # only rank 0 logged: one row per step and tag, one event file
     rows = [(r["step"], r["tag"]) for r in read_csv_scalars(two / "scalars.csv")]
     assert len(rows) == len(set(rows)) and {s for s, t in rows if t == "train/loss"} == {str(i) for i in range(1, 7)}

@@ -247,7 +247,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return str(value)
         if value is None:
             return ""
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        hint = " (quote it: YAML reads on/off/yes/no as booleans)" if isinstance(value, bool) else ""
+        raise ValueError(f"{where}: expected a string, got {value!r}{hint}")
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):

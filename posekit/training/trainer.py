@@ -148,12 +148,16 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+        det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+               torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
         info = init_distributed(device)
         try:
             return self._fit(device, info, resume)
         finally:
             if not was_initialised:
                 cleanup_distributed()
+            torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = det[2], det[3]
 
     def _say(self, msg: str) -> None:
         if self.info.is_main:
@@ -207,9 +211,9 @@ class Trainer:
             ckpt = load_checkpoint(resume)
             if ckpt.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"{resume}: not a posekit training checkpoint (format {ckpt.get('format')!r})")
-            changed = [k for k in _diff_keys(
-                {k: ckpt["config"].get(k) for k in _TRAJECTORY_KEYS},
-                {k: v for k, v in config_to_dict(cfg).items() if k in _TRAJECTORY_KEYS})]
+            now = config_to_dict(cfg)
+            changed = _diff_keys({k: ckpt["config"].get(k) for k in _TRAJECTORY_KEYS},
+                                 {k: now[k] for k in _TRAJECTORY_KEYS})
             if changed:
                 msg = f"resuming {resume} with a changed config ({', '.join(changed)}): the run will not be exact"
                 warnings.warn(msg, stacklevel=2)

@@ -1,0 +1,291 @@
+"""Export a trained posekit OpenPose model to ONNX with a model card that :mod:`posekit.runtime` reads.
+
+:func:`export_openpose_onnx` writes two files side by side:
+
+* ``FILE.onnx``: input ``image`` ``(N, 3, H, W)`` float32, **raw BGR 0..255** (the ``(x - mean) / std``
+  normalisation of the model is baked into the graph), dynamic ``N``, ``H``, ``W``; output ``maps``
+  ``(N, 19 + 38, ceil(H/8), ceil(W/8))``: the last stage's confidence maps (18 parts + background) then its 38
+  PAF channels (CMU order);
+* ``FILE.yaml``: a ``kind: paf`` model card (``weights.path: FILE.onnx``, relative to the card; ``layout: NCHW``,
+  ``color: bgr``, ``mean: [0, 0, 0]``, ``std: [1, 1, 1]``, ``resize: keep-aspect-height`` at the training input
+  height, part names, limbs, PAF channel map, ``to_coco17`` and the association parameters).
+
+``PoseEstimator("FILE.yaml")`` then runs the file through :class:`posekit.pipelines.bottomup.PafPipeline`, the same
+association that :func:`torch_paf_pipeline` uses on the PyTorch model.
+
+Uses ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``), which needs the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "MapsExportWrapper",
+    "load_openpose_checkpoint",
+    "export_openpose_onnx",
+    "openpose_card_dict",
+    "torch_paf_pipeline",
+    "DEFAULT_OPSET",
+]
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "maps"
+
+
+class MapsExportWrapper(nn.Module):
+    """``(N, 3, H, W)`` raw BGR 0..255 -> ``(N, num_heatmaps + num_pafs, h, w)`` maps of an OpenPose model.
+
+    The model's ``(x - mean) / std`` is applied inside, so the exported graph takes plain pixels.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(model.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(model.std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.model((x - self.mean) * self.inv_std)
+        return torch.cat([raw["heatmaps"], raw["pafs"]], dim=1)
+
+
+def _check_openpose(model: nn.Module, what: str = "model") -> None:
+    for attr in ("codec", "num_pafs", "num_heatmaps", "mean", "std", "stride", "schema"):
+        if not hasattr(model, attr):
+            raise ValueError(f"{what} is a {type(model).__name__}, not a posekit OpenPose model (no {attr!r})")
+
+
+def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mapping[str, Any] | None = None,
+                             use_ema: bool = True) -> nn.Module:
+    """An OpenPose preset with weights from ``weights``, in eval mode.
+
+    ``weights`` may be a training checkpoint of :mod:`posekit.training` (a dict with ``"model"``; its EMA weights
+    when it has them and ``use_ema``; its saved config's ``model.overrides`` unless ``overrides`` is given), a dict
+    with ``"state_dict"``, or a plain ``state_dict``. The load is strict: a checkpoint of another architecture is an
+    error naming the keys.
+    """
+    from posekit.models.presets import build_model
+
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    saved_overrides: dict = {}
+    if isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(ckpt["model"], Mapping):
+        state = ckpt["model"]
+        ema = ckpt.get("ema")
+        if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+            state = ema["module"]
+        cfg = ckpt.get("config")
+        if isinstance(cfg, Mapping):
+            m = cfg.get("model") or {}
+            saved_overrides = dict(m.get("overrides") or {}) if isinstance(m, Mapping) else {}
+            if isinstance(m, Mapping) and m.get("name") and m["name"] != preset:
+                raise ValueError(f"{path}: checkpoint was trained as model {m['name']!r}, not {preset!r}")
+    elif isinstance(ckpt, Mapping) and "state_dict" in ckpt:
+        state = ckpt["state_dict"]
+    elif isinstance(ckpt, Mapping):
+        state = ckpt
+    else:
+        raise ValueError(f"{path}: expected a state_dict or a checkpoint dict, got {type(ckpt).__name__}")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    model = build_model(preset, **(dict(overrides) if overrides is not None else saved_overrides))
+    _check_openpose(model, f"preset {preset!r}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit preset {preset!r}: missing {list(missing)[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''} (wrong preset or model overrides?)")
+    return model.eval()
+
+
+def _paf_params_dict(params) -> dict:
+    """``PafParams`` (or a mapping of its fields) -> plain YAML-able dict (only fields that differ from the
+    defaults, tuples as lists)."""
+    from posekit.pipelines.bottomup import PafParams
+
+    if params is None:
+        return {}
+    p = params if isinstance(params, PafParams) else PafParams.from_dict(dict(params), "params")
+    default = PafParams()
+    out = {}
+    for f in fields(PafParams):
+        v = getattr(p, f.name)
+        if v != getattr(default, f.name) and f.name not in ("input_mode", "input_size", "target_height"):
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def openpose_card_dict(model: nn.Module, onnx_file: str, name: str, input_size: Sequence[int],
+                       params=None, description: str | None = None) -> dict:
+    """The ``kind: paf`` model card (a plain dict) for an exported OpenPose model.
+
+    Args:
+        model: the OpenPose model (its codec gives limbs and PAF channels, its schema the part names).
+        onnx_file: ``weights.path`` (relative to the card file).
+        name: card name.
+        input_size: ``(w, h)``: the card's ``input.size``; images are resized to height ``h`` keeping the aspect
+            ratio (width a multiple of the stride).
+        params: :class:`~posekit.pipelines.bottomup.PafParams` (or a dict of its fields) for the association;
+            written to ``paf.params`` (the input-size fields are taken from ``input``).
+    """
+    from posekit.schema import COCO17_TO_OPENPOSE18_INDEX
+
+    _check_openpose(model)
+    codec = model.codec
+    w, h = (int(v) for v in input_size)
+    parts = list(model.schema.keypoints)
+    to_coco = list(COCO17_TO_OPENPOSE18_INDEX) if len(parts) == 18 else []
+    return {
+        "name": name,
+        "kind": "paf",
+        "description": description or (f"posekit OpenPose ({getattr(model, 'preset', None) or 'custom'}) exported "
+                                       f"by posekit export; raw BGR 0..255 NCHW input, normalisation in the graph"),
+        "weights": {"path": str(onnx_file)},
+        "input": {
+            "name": INPUT_NAME,
+            "size": [w, h],
+            "layout": "NCHW",
+            "color": "bgr",
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "resize": "keep-aspect-height",
+            "size_multiple": int(model.stride),
+        },
+        "outputs": {
+            "names": [OUTPUT_NAME],
+            "layouts": {OUTPUT_NAME: f"N,{model.num_heatmaps}+{model.num_pafs},H/{model.stride},W/{model.stride} "
+                                     f"(part maps incl. background, then PAF channels)"},
+        },
+        "schema": "coco17" if to_coco else model.schema.name,
+        "thresholds": {"score": 0.05, "nms": 0.65},
+        "paf": {
+            "part_names": parts,
+            "limbs": [list(map(int, l)) for l in codec.limbs],
+            "paf_channels": [list(map(int, c)) for c in codec.paf_channels],
+            "heatmap_channels": [0, int(model.num_heatmaps)],
+            "paf_offset": int(model.num_heatmaps),
+            "stride": int(model.stride),
+            **({"to_coco17": to_coco} if to_coco else {}),
+            "params": _paf_params_dict(params),
+        },
+    }
+
+
+def export_openpose_onnx(model: nn.Module, out: str | Path, *, input_size: Sequence[int] = (192, 192),
+                         params=None, name: str | None = None, opset: int = DEFAULT_OPSET,
+                         check: bool = True, atol: float = 1e-4) -> tuple[Path, Path]:
+    """Write ``out`` (``.onnx``) and its model card ``out`` with suffix ``.yaml``.
+
+    Args:
+        model: a posekit OpenPose model (put in eval mode; its weights are not changed).
+        out: the ONNX file to write (parent folders are created).
+        input_size: ``(w, h)`` of the example input and the card's ``input.size`` (dims stay dynamic).
+        params: association parameters for the card (``PafParams`` or dict); None: the pipeline's defaults.
+        name: card name (default: the file's stem).
+        opset: ONNX opset.
+        check: run the file in onnxruntime on a random image and compare with PyTorch.
+        atol: the largest allowed ``|onnx - torch|`` of the check.
+
+    Returns:
+        ``(onnx_path, card_path)``.
+
+    Raises:
+        RuntimeError: the export fails or the check finds a difference above ``atol``.
+    """
+    import yaml
+
+    _check_openpose(model)
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"output file must end in .onnx, got {out}")
+    w, h = (int(v) for v in input_size)
+    if w < 1 or h < 1:
+        raise ValueError(f"input_size must be positive (w, h), got {list(input_size)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    wrapper = MapsExportWrapper(model).eval()
+    device = next(model.parameters()).device
+    example = torch.full((1, 3, h, w), 128.0, device=device)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                              OUTPUT_NAME: {0: "batch", 2: "map_height", 3: "map_width"}},
+                opset_version=int(opset), do_constant_folding=True, dynamo=False,
+            )
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"ONNX export needs the {e.name!r} package (pip install onnx)") from None
+    finally:
+        model.train(was_training)
+    card = openpose_card_dict(model, out.name, (w, h), params=params, name=name or out.stem)
+    card_path = out.with_suffix(".yaml")
+    card_path.write_text("# written by posekit export: a kind 'paf' model card for " + out.name + "\n"
+                         + yaml.safe_dump(card, sort_keys=False, default_flow_style=None, width=110))
+    if check:
+        err = max_abs_difference(model, out, (w + 5, h + 3))
+        if not err <= atol:
+            raise RuntimeError(f"{out}: ONNX maps differ from PyTorch by {err:.3g} > {atol}")
+    return out, card_path
+
+
+def max_abs_difference(model: nn.Module, onnx_path: str | Path, input_size: Sequence[int], seed: int = 0) -> float:
+    """Largest ``|onnx - torch|`` of the maps on a random ``(w, h)`` BGR image (raw 0..255)."""
+    import onnxruntime as ort
+
+    w, h = (int(v) for v in input_size)
+    x = np.random.default_rng(seed).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    want = torch_maps(model, x)
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.abs(got - want).max())
+
+
+def torch_maps(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    """The exported graph's computation in PyTorch: ``(N, 3, H, W)`` raw BGR float -> ``(N, C, h, w)`` maps."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            y = MapsExportWrapper(model).to(device)(torch.as_tensor(np.asarray(batch, np.float32), device=device))
+    finally:
+        model.train(was_training)
+    return y.float().cpu().numpy()
+
+
+def torch_paf_pipeline(model: nn.Module, params=None):
+    """A :class:`~posekit.pipelines.bottomup.PafPipeline` that runs the PyTorch ``model`` (NCHW, raw BGR in,
+    normalised inside), with the limbs, channels and part order of the exported card: people from it match
+    ``PoseEstimator`` on the exported file."""
+    from posekit.pipelines.bottomup import PafParams, PafPipeline
+    from posekit.schema import COCO17_TO_OPENPOSE18_INDEX
+
+    _check_openpose(model)
+    if params is None:
+        params = PafParams()
+    elif not isinstance(params, PafParams):
+        params = PafParams.from_dict(dict(params), "params")
+    codec = model.codec
+    return PafPipeline(lambda batch: torch_maps(model, batch), params, limbs=list(codec.limbs),
+                       paf_channels=list(codec.paf_channels), num_parts=codec.num_parts,
+                       heatmap_channels=(0, model.num_heatmaps), paf_offset=model.num_heatmaps,
+                       stride=model.stride,
+                       to_coco17=COCO17_TO_OPENPOSE18_INDEX if codec.num_parts == 18 else None,
+                       input_layout="NCHW")
