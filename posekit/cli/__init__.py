@@ -16,6 +16,7 @@ COMMANDS = {
     "synth": "synth",
     "evaluate": "evaluate",
     "predict": "predict",
+    "export": "export",
     "train": "train",
 }
 

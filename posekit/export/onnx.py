@@ -18,7 +18,8 @@ Uses ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``), whi
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -103,7 +104,12 @@ def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mappin
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     model = build_model(preset, **(dict(overrides) if overrides is not None else saved_overrides))
     _check_openpose(model, f"preset {preset!r}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{path}: weights do not fit preset {preset!r} ({first}; wrong preset or model "
+                         f"overrides?)") from None
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit preset {preset!r}: missing {list(missing)[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}"
@@ -221,7 +227,8 @@ def export_openpose_onnx(model: nn.Module, out: str | Path, *, input_size: Seque
     device = next(model.parameters()).device
     example = torch.full((1, 3, h, w), 128.0, device=device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
@@ -232,7 +239,7 @@ def export_openpose_onnx(model: nn.Module, out: str | Path, *, input_size: Seque
         raise RuntimeError(f"ONNX export needs the {e.name!r} package (pip install onnx)") from None
     finally:
         model.train(was_training)
-    card = openpose_card_dict(model, out.name, (w, h), params=params, name=name or out.stem)
+    card = openpose_card_dict(model, out.name, name or out.stem, (w, h), params=params)
     card_path = out.with_suffix(".yaml")
     card_path.write_text("# written by posekit export: a kind 'paf' model card for " + out.name + "\n"
                          + yaml.safe_dump(card, sort_keys=False, default_flow_style=None, width=110))
