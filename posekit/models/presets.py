@@ -8,6 +8,9 @@ preset's tunable fields and which returns the ``nn.Module``. Model families add 
 ``openpose-tpami``        OpenPose TPAMI'19: PAF stages then confidence stages
 ``openpose-light``        small MobileNetV2 trunk + two thin stages (trains on a CPU)
 ``rtmo-t|s|m|l``          RTMO one-stage model, official sizes (:mod:`.rtmo`)
+``simplebaseline-r18|r50`` top-down: ResNet + three deconvolutions (:mod:`.topdown_presets`)
+``vitpose-s|b|l|h``       top-down: plain ViT + classic decoder (``-simple``: the simple decoder)
+``rtmpose-t|s|m|l``       top-down: CSPNeXt + SimCC head with GAU
 ========================  ==========================================================================
 """
 
@@ -20,6 +23,7 @@ import torch.nn as nn
 
 from posekit.models.openpose import openpose_cmu_coco, openpose_light, openpose_tpami
 from posekit.models.rtmo import RTMO_PRESETS, build_rtmo
+from posekit.models.topdown_presets import TOPDOWN_PRESETS
 
 __all__ = ["PRESETS", "build_model", "list_models"]
 
@@ -41,6 +45,7 @@ def _rtmo_builder(name: str) -> Callable[..., nn.Module]:
 
 
 PRESETS.update({name: _rtmo_builder(name) for name in RTMO_PRESETS})
+PRESETS.update(TOPDOWN_PRESETS)
 
 
 def list_models() -> list[str]:

@@ -12,21 +12,19 @@ RTMCCHead heads, MSRAHeatmap / UDPHeatmap / SimCCLabel codecs).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-import torch
 
 from ..codecs.heatmap import HeatmapCodec, heatmap_codec_from_mmpose
 from ..codecs.simcc import RTMPOSE_SIMCC_SIGMA, SimCCCodec, simcc_codec_from_mmpose
 from ..schema import get_schema
 from .backbones.cspnext import CSPNeXt
 from .backbones.resnet import ResNet
-from .backbones.vit import VisionTransformer, convert_vitpose_official
+from .backbones.vit import VisionTransformer
 from .heads.heatmap import FeatureMapProcessor, HeatmapHead
 from .heads.simcc import RTMCCHead
 from .topdown import TopDownModel
-from .weights import extract_state_dict, load_weights
+from .weights import load_weights
 
 __all__ = [
     "TOPDOWN_PRESETS", "TOPDOWN_URLS", "build_topdown", "build_simplebaseline", "build_vitpose", "build_rtmpose",
@@ -257,19 +255,6 @@ def build_topdown_from_mmpose_meta(meta: Mapping[str, Any]) -> TopDownModel:
 
 def load_topdown_weights(model: TopDownModel, source) -> TopDownModel:
     """Load an official checkpoint strictly: MMPose 1.x layout (``backbone.*``, ``head.*``) or the official
-    ViTPose repository's layout (``backbone.blocks.*``, ``keypoint_head.*``), converted on the fly."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from e
-    sd, _ = extract_state_dict(source)
-    if any(k.startswith("keypoint_head.") or k.startswith("backbone.blocks.") for k in sd):
-        n = None
-        if isinstance(model.backbone, VisionTransformer):
-            n = model.backbone.pos_embed.shape[1]
-        sd = convert_vitpose_official(sd, num_patches=n)
-    return load_weights(model, sd)
+    ViTPose repository's layout (``backbone.blocks.*``, ``keypoint_head.*``), converted on the fly
+    (:meth:`TopDownModel.convert_official_state_dict`); the same as :func:`posekit.load_weights`."""
+    return load_weights(model, source)

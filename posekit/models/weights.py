@@ -133,6 +133,9 @@ def load_weights(model: nn.Module, source, *, map_location: str | torch.device =
     if isinstance(preset, str) and model_preset and preset != model_preset:
         raise ValueError(f"{where}: checkpoint is for preset {preset!r}, the model is {model_preset!r}")
 
+    convert = getattr(model, "convert_official_state_dict", None)
+    if convert is not None:  # a family's official key layout that differs from posekit's (e.g. ViTPose's repo)
+        state_dict = convert(state_dict)
     own = model.state_dict()
     mapped, layout = _remap(state_dict, set(own))
     missing = sorted(set(own) - set(mapped))
