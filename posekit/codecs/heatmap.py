@@ -61,7 +61,8 @@ def _check_kpts(keypoints: np.ndarray, visible: Optional[np.ndarray]) -> Tuple[n
     if kp.ndim != 3 or kp.shape[-1] not in (2, 3):
         raise ValueError(f"keypoints must be (N, K, 2|3), got shape {np.shape(keypoints)}")
     if visible is None:
-        visible = kp[..., 2] if kp.shape[-1] > 2 else np.ones(kp.shape[:2], np.float32)
+        # a COCO visibility column (0/1/2): labelled (v > 0) means a target of weight 1, as MMPose's loader does
+        visible = (kp[..., 2] > 0).astype(np.float32) if kp.shape[-1] > 2 else np.ones(kp.shape[:2], np.float32)
     vis = np.asarray(visible, dtype=np.float32)
     if vis.ndim == 1:
         vis = vis[None]

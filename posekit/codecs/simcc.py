@@ -116,7 +116,9 @@ class SimCCCodec:
         if kp.ndim != 3 or kp.shape[-1] not in (2, 3):
             raise ValueError(f"keypoints must be (N, K, 2|3), got shape {np.shape(keypoints)}")
         if keypoints_visible is None:
-            keypoints_visible = kp[..., 2] if kp.shape[-1] > 2 else np.ones(kp.shape[:2], np.float32)
+            # a COCO visibility column (0/1/2): labelled (v > 0) means weight 1
+            keypoints_visible = ((kp[..., 2] > 0).astype(np.float32) if kp.shape[-1] > 2
+                                 else np.ones(kp.shape[:2], np.float32))
         vis = np.asarray(keypoints_visible, np.float32).reshape(kp.shape[:2])
         Wx, Wy = self.num_bins
         mu = np.around(kp[..., :2] * self.split_ratio).astype(np.int64)  # (N, K, 2)

@@ -177,15 +177,18 @@ class TopDownModel(nn.Module):
         return out
 
     def convert_official_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Called by :func:`posekit.models.weights.load_weights`: the official ViTPose repository's layout
-        (``backbone.blocks.*``, ``keypoint_head.*``) is renamed to posekit's (MMPose 1.x) names; other layouts
-        pass through."""
-        if any(k.startswith(("keypoint_head.", "backbone.blocks.")) for k in state_dict):
-            from .backbones.vit import VisionTransformer, convert_vitpose_official
+        """Called by :func:`posekit.models.weights.load_weights`: official layouts that differ from posekit's
+        (MMPose 1.x) names are renamed — the official ViTPose repository's (``backbone.blocks.*``,
+        ``keypoint_head.*``) for a ViT backbone, MMPose 0.x's ``keypoint_head.*`` → ``head.*`` for the others;
+        other layouts pass through."""
+        from .backbones.vit import VisionTransformer, convert_vitpose_official
 
-            n = self.backbone.pos_embed.shape[1] if isinstance(self.backbone, VisionTransformer) else None
-            return convert_vitpose_official(state_dict, num_patches=n)
-        return state_dict
+        if isinstance(self.backbone, VisionTransformer):
+            if any(k.startswith(("keypoint_head.", "backbone.blocks.")) for k in state_dict):
+                return convert_vitpose_official(state_dict, num_patches=self.backbone.pos_embed.shape[1])
+            return state_dict
+        return {("head." + k[len("keypoint_head."):] if k.startswith("keypoint_head.") else k): v
+                for k, v in state_dict.items()}
 
     def forward(self, x: torch.Tensor, decoder: Optional[str] = None) -> Dict[str, Any]:
         """Raw outputs for normalised crops ``x`` (B, 3, H, W) (see the module docstring)."""
