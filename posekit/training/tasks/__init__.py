@@ -17,6 +17,10 @@ TASKS: dict[str, str] = {
     "regression": "posekit.training.tasks.regression:RegressionTask",
     # OpenPose (PAF + confidence maps, masked stage L2): posekit/training/tasks/openpose.py, class OpenPoseTask
     "openpose": "posekit.training.tasks.openpose:OpenPoseTask",
+    # every top-down family (SimpleBaseline, ViTPose, RTMPose, CPM, Hourglass, CPN): posekit/training/tasks/topdown.py
+    "topdown": "posekit.training.tasks.topdown:TopDownTask",
+    # RTMO (SimOTA, VariFocal/IoU/OKS/visibility + MLE losses): posekit/training/tasks/rtmo.py
+    "rtmo": "posekit.training.tasks.rtmo:RTMOTask",
 }
 
 

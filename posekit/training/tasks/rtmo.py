@@ -1,0 +1,402 @@
+"""``rtmo``: one-stage RTMO training (SimOTA assignment, VariFocal / IoU / OKS / visibility / DCC-MLE losses).
+
+* Data: ``CocoPoseDataset(mode="bottomup")`` images warped into ``data.input_size = [w, h]`` (multiples of 32) by
+  :class:`~posekit.data.transforms.RandomAffine` (the whole image fits the input at zoom 1, border 114 like the
+  official letterbox), with optional mosaic (4 images on a ``2w x 2h`` canvas, then the same random affine fits
+  the canvas into the input), mixup (the average of this sample and another, people of both kept), colour
+  jitter and a horizontal flip. People left with no labelled keypoint or a box under 1 px are dropped.
+* Model: ``build_rtmo(model.name, **model.overrides)`` (``rtmo-t/s/m/l``, any :class:`RTMOConfig` field),
+  ``num_keypoints`` from the annotation file; classification biases initialised to the 0.01 prior. Input raw BGR
+  0..255, as the official models.
+* Loss: :class:`~posekit.models.rtmo_train.RTMOCriterion`; its weights are config values (``task_options``), and
+  the official mid-training change (``switch_epoch``, ``switch``) is applied from that epoch on.
+* Evaluation: every validation image letterboxed (top-left, 114) to the input size, ``model.predict``, people
+  mapped back to image pixels, COCO keypoint AP against ``data.val_ann``.
+
+``data.options`` (all optional): ``augment`` (true), ``flip_prob`` (0.5), ``scale_range`` ([0.75, 1.25]),
+``max_rotation`` (10 degrees), ``max_translate`` (0.1), ``mosaic_prob`` (0.0), ``mixup_prob`` (0.0),
+``color_jitter`` (0.0), ``min_keypoints`` (1).
+
+``task_options`` (all optional): ``loss``: :class:`~posekit.models.rtmo_train.RTMOLossWeights` fields (defaults:
+the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1); ``switch_epoch`` (0-based epoch, null: never) and
+``switch`` (the fields that change then; official: ``{proxy_target_cc: true, mle: 5.0, oks: 10.0}`` at 280);
+``assigner``: :class:`~posekit.models.rtmo_train.SimOTAAssigner` fields; ``score_thr`` (0.1) and ``nms_thr``
+(0.65) for the evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from posekit.training.tasks.base import TrainTask
+
+__all__ = ["RTMOTask", "RTMOTrainSet", "mosaic4", "letterbox_batch", "torch_rtmo_predict"]
+
+_DATA_OPTIONS = {
+    "augment": True,
+    "flip_prob": 0.5,
+    "scale_range": (0.75, 1.25),
+    "max_rotation": 10.0,
+    "max_translate": 0.1,
+    "mosaic_prob": 0.0,
+    "mixup_prob": 0.0,
+    "color_jitter": 0.0,
+    "min_keypoints": 1,
+}
+_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "assigner", "score_thr", "nms_thr")
+PAD_VALUE = 114
+
+
+# ------------------------------------------------------------------------------------------------ augmentation
+def mosaic4(samples: list[dict], out_size, center) -> dict:
+    """Four bottom-up samples on one ``(2w, 2h)`` canvas (``out_size = (w, h)``), filled with 114.
+
+    Each image is resized by ``min(w / W, h / H)`` (aspect kept) and placed in its quadrant with a corner at
+    ``center = (cx, cy)`` (top-left image: its bottom-right corner; top-right: bottom-left; ...), cropped to the
+    quadrant. Keypoints outside the visible part of their image get ``v = 0``; boxes are clipped to it; areas are
+    scaled by ``s^2``. Returns a new sample (``image``, ``keypoints``, ``boxes``, ``areas``; ``warp`` of the first).
+    """
+    import cv2
+
+    from posekit.data import geometry as G
+
+    w, h = (int(v) for v in out_size)
+    cx, cy = (int(round(float(c))) for c in center)
+    canvas = np.full((2 * h, 2 * w, 3), PAD_VALUE, np.uint8)
+    kps, boxes, areas = [], [], []
+    for q, s in enumerate(samples):
+        img = s["image"]
+        H, W = img.shape[:2]
+        r = min(w / W, h / H)
+        nw, nh = max(1, int(W * r + 1e-6)), max(1, int(H * r + 1e-6))
+        x0 = cx - nw if q in (0, 2) else cx
+        y0 = cy - nh if q in (0, 1) else cy
+        # visible window of this quadrant
+        qx0, qx1 = (0, cx) if q in (0, 2) else (cx, 2 * w)
+        qy0, qy1 = (0, cy) if q in (0, 1) else (cy, 2 * h)
+        vx0, vx1 = max(x0, qx0), min(x0 + nw, qx1)
+        vy0, vy1 = max(y0, qy0), min(y0 + nh, qy1)
+        if vx1 > vx0 and vy1 > vy0:
+            small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            canvas[vy0:vy1, vx0:vx1] = small[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0]
+        sx, sy = nw / W, nh / H
+        M = np.array([[sx, 0.0, 0.5 * sx - 0.5 + x0], [0.0, sy, 0.5 * sy - 0.5 + y0]])
+        kp = np.array(s["keypoints"], np.float32, copy=True)
+        if len(kp):
+            xy = G.apply_affine(kp[..., :2].astype(np.float64), M)
+            inside = ((xy[..., 0] >= vx0 - 0.5) & (xy[..., 0] < vx1 - 0.5) & (xy[..., 1] >= vy0 - 0.5)
+                      & (xy[..., 1] < vy1 - 0.5))
+            kp[..., :2] = xy
+            kp[..., 2] = np.where(inside, kp[..., 2], 0.0)
+            b = G.transform_boxes(np.asarray(s["boxes"], np.float64), M)
+            b[:, 0::2] = np.clip(b[:, 0::2], vx0, max(vx0, vx1 - 1))
+            b[:, 1::2] = np.clip(b[:, 1::2], vy0, max(vy0, vy1 - 1))
+            kps.append(kp)
+            boxes.append(b.astype(np.float32))
+            areas.append((np.asarray(s["areas"], np.float64) * sx * sy).astype(np.float32))
+    k = samples[0]["keypoints"].shape[1]
+    out = {k_: v for k_, v in samples[0].items() if k_ not in ("mask",)}
+    out.update(image=canvas,
+               keypoints=np.concatenate(kps) if kps else np.zeros((0, k, 3), np.float32),
+               boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+               areas=np.concatenate(areas) if areas else np.zeros((0,), np.float32))
+    out.pop("ann_ids", None)
+    return out
+
+
+class RTMOTrainSet(torch.utils.data.Dataset):
+    """The training view of a bottom-up :class:`~posekit.data.coco.CocoPoseDataset` for RTMO (see the module
+    docstring). Item ``i`` draws everything from ``base.rng(i)`` (reproducible per seed, epoch and index).
+    ``epoch`` follows ``set_epoch`` (the task reads it for the loss schedule)."""
+
+    def __init__(self, base, input_size, options: dict) -> None:
+        from posekit.data.transforms import ColorJitter, RandomAffine, RandomFlip
+
+        self.base = base
+        self.input_size = tuple(int(v) for v in input_size)
+        self.o = dict(options)
+        self.epoch = 0
+        o = self.o
+        if o["augment"]:
+            self.affine = RandomAffine(scale_range=o["scale_range"], max_rotation=float(o["max_rotation"]),
+                                       max_translate=float(o["max_translate"]), output_size=self.input_size,
+                                       border_value=PAD_VALUE)
+        else:
+            self.affine = RandomAffine(scale_range=(1.0, 1.0), max_rotation=0.0, max_translate=0.0,
+                                       output_size=self.input_size, border_value=PAD_VALUE)
+        self.flip = RandomFlip(base.schema, float(o["flip_prob"])) if o["augment"] else None
+        j = float(o["color_jitter"])
+        self.jitter = ColorJitter(brightness=j, contrast=j, saturation=j) if (o["augment"] and j > 0) else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _raw(self, i: int) -> dict:
+        s = self.base.load_sample(i)
+        s.pop("mask", None)
+        return s
+
+    def _one(self, i: int, rng: np.random.Generator) -> dict:
+        o = self.o
+        n = len(self.base)
+        if o["augment"] and n > 1 and rng.random() < float(o["mosaic_prob"]):
+            others = rng.integers(0, n, size=3)
+            w, h = self.input_size
+            center = (rng.uniform(0.5 * w, 1.5 * w), rng.uniform(0.5 * h, 1.5 * h))
+            s = mosaic4([self._raw(i)] + [self._raw(int(j)) for j in others], self.input_size, center)
+        else:
+            s = self._raw(i)
+        return self.affine(s, rng)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = self.base.rng(i)
+        s = self._one(i, rng)
+        o = self.o
+        if o["augment"] and len(self.base) > 1 and rng.random() < float(o["mixup_prob"]):
+            s2 = self._one(int(rng.integers(0, len(self.base))), rng)
+            img = (s["image"].astype(np.uint16) + s2["image"].astype(np.uint16) + 1) // 2
+            s = {**s, "image": img.astype(np.uint8),
+                 "keypoints": np.concatenate([s["keypoints"], s2["keypoints"]]),
+                 "boxes": np.concatenate([s["boxes"], s2["boxes"]]),
+                 "areas": np.concatenate([s["areas"], s2["areas"]])}
+            s.pop("ann_ids", None)
+        if self.jitter is not None:
+            s = self.jitter(s, rng)
+        if self.flip is not None:
+            s = self.flip(s, rng)
+        # FilterAnnotations: at least min_keypoints labelled keypoints and a box of at least 1 px
+        kp, b = s["keypoints"], s["boxes"]
+        keep = ((kp[..., 2] > 0).sum(-1) >= max(1, int(o["min_keypoints"]))) & \
+               ((b[:, 2] - b[:, 0]) > 1) & ((b[:, 3] - b[:, 1]) > 1)
+        s = {**s, "keypoints": kp[keep], "boxes": b[keep], "areas": s["areas"][keep]}
+        s.pop("ann_ids", None)
+        return s
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def letterbox_batch(images: list[np.ndarray], input_size) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Images -> ``(B, 3, h, w)`` float raw BGR 0..255 (top-left letterbox, 114) and the image->input affines."""
+    from posekit.data.geometry import letterbox
+
+    xs, Ms = [], []
+    for im in images:
+        out, M, _ = letterbox(im, input_size, pad_value=PAD_VALUE)
+        xs.append(out)
+        Ms.append(M)
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))).float()
+    return x, Ms
+
+
+@torch.no_grad()
+def torch_rtmo_predict(model, images: list[np.ndarray], input_size=None, score_thr: float | None = None,
+                       nms_thr: float | None = None) -> list[list]:
+    """``list[Person]`` per image (image pixels, descending score) from the PyTorch model: the same letterbox,
+    threshold, NMS and back-projection as the ONNX runtime pipeline."""
+    from posekit.data.geometry import apply_affine, invert_affine
+    from posekit.structures import Person
+
+    size = tuple(input_size or model.config.input_size)
+    x, Ms = letterbox_batch(images, size)
+    dev = next(model.parameters()).device
+    res = model.predict(x.to(dev), score_thr=score_thr, nms_thr=nms_thr)
+    out = []
+    for r, M, im in zip(res, Ms, images):
+        inv = invert_affine(M)
+        H, W = im.shape[:2]
+        people = []
+        for k, ks, b, s in zip(r["keypoints"], r["keypoint_scores"], r["boxes"], r["scores"]):
+            xy = apply_affine(k.astype(np.float64), inv)
+            box = apply_affine(b.reshape(2, 2).astype(np.float64), inv).reshape(4)
+            box[0::2] = np.clip(box[0::2], 0, W)
+            box[1::2] = np.clip(box[1::2], 0, H)
+            kp = np.concatenate([xy, ks[:, None].astype(np.float64)], axis=1).astype(np.float32)
+            people.append(Person(keypoints=kp, box=box.astype(np.float32), score=float(s)))
+        out.append(people)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ task
+class RTMOTask(TrainTask):
+    name = "rtmo"
+
+    def __init__(self) -> None:
+        self.input_size = (256, 256)
+        self.options = dict(_DATA_OPTIONS)
+        self.train_set: RTMOTrainSet | None = None
+        self.num_keypoints = 17
+        self.sigmas = None
+        self.schedule = None
+        self.assigner = None
+        self.score_thr, self.nms_thr = 0.1, 0.65
+        self._criterion = None
+
+    # ------------------------------------------------------------------ options
+    def _task_options(self, cfg) -> None:
+        from posekit.models.rtmo_train import RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner
+
+        t = dict(cfg.task_options)
+        unknown = set(t) - set(_TASK_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown task_options key(s) for task 'rtmo': {sorted(unknown)} "
+                             f"(known: {', '.join(_TASK_OPTIONS)})")
+        base = RTMOLossWeights.from_dict(t.get("loss"), "task_options.loss")
+        switch = dict(t.get("switch") or {})
+        RTMOLossWeights.from_dict({**{k: getattr(base, k) for k in ("cls",)}, **switch}, "task_options.switch")
+        se = t.get("switch_epoch")
+        if se is not None and (isinstance(se, bool) or not isinstance(se, int) or se < 0):
+            raise ValueError(f"task_options.switch_epoch must be an epoch >= 0 or null, got {se!r}")
+        self.schedule = RTMOLossSchedule(base=base, switch_epoch=se, switch=switch)
+        a = dict(t.get("assigner") or {})
+        try:
+            self.assigner = SimOTAAssigner(**a)
+        except TypeError as e:
+            raise ValueError(f"task_options.assigner: {e}") from None
+        self.score_thr = float(t.get("score_thr", 0.1))
+        self.nms_thr = float(t.get("nms_thr", 0.65))
+
+    def _data_options(self, cfg) -> dict:
+        opts = dict(cfg.data.options)
+        unknown = set(opts) - set(_DATA_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown data.options key(s) for task 'rtmo': {sorted(unknown)} "
+                             f"(known: {', '.join(sorted(_DATA_OPTIONS))})")
+        o = {**_DATA_OPTIONS, **opts}
+        lo, hi = (float(v) for v in o["scale_range"])
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.options.scale_range must be 0 < lo <= hi, got {o['scale_range']!r}")
+        o["scale_range"] = (lo, hi)
+        for k in ("flip_prob", "mosaic_prob", "mixup_prob"):
+            if not 0.0 <= float(o[k]) <= 1.0:
+                raise ValueError(f"data.options.{k} must be in [0, 1], got {o[k]!r}")
+        return o
+
+    # ------------------------------------------------------------------ data
+    def build_datasets(self, cfg) -> tuple[Any, Any]:
+        from posekit.data.coco import CocoPoseDataset
+
+        if not cfg.data.train_ann or not cfg.data.train_images:
+            raise ValueError("task 'rtmo' needs data.train_ann and data.train_images")
+        w, h = (int(v) for v in cfg.data.input_size)
+        if w % 32 or h % 32:
+            raise ValueError(f"data.input_size must be multiples of 32 for RTMO, got {[w, h]}")
+        self.input_size = (w, h)
+        self._task_options(cfg)
+        o = self.options = self._data_options(cfg)
+        base = CocoPoseDataset(cfg.data.train_ann, cfg.data.train_images, mode="bottomup", seed=cfg.seed,
+                               min_keypoints=int(o["min_keypoints"]))
+        self.num_keypoints = base.schema.num_keypoints
+        self.sigmas = list(base.schema.sigmas) if base.schema.sigmas is not None else None
+        self.train_set = RTMOTrainSet(base, self.input_size, o)
+        val = None
+        if cfg.data.val_ann:
+            val = CocoPoseDataset(cfg.data.val_ann, cfg.data.val_images, mode="bottomup", seed=cfg.seed,
+                                  keep_empty_images=True)
+        return self.train_set, val
+
+    def collate(self, samples: list[dict]) -> dict:
+        images = np.stack([s["image"] for s in samples])  # (B, H, W, 3) uint8 BGR
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
+        targets = []
+        for s in samples:
+            kp = np.asarray(s["keypoints"], np.float32)
+            targets.append({
+                "boxes": torch.from_numpy(np.asarray(s["boxes"], np.float32).reshape(-1, 4)),
+                "keypoints": torch.from_numpy(np.ascontiguousarray(kp[..., :2])),
+                "visible": torch.from_numpy((kp[..., 2] > 0).astype(np.float32)),
+                "areas": torch.from_numpy(np.asarray(s["areas"], np.float32).reshape(-1)),
+            })
+        return {"image": x, "targets": targets}
+
+    def batch_size_of(self, batch: Any) -> int | None:
+        return int(batch["image"].shape[0])
+
+    # ------------------------------------------------------------------ model and loss
+    def build_model(self, cfg) -> nn.Module:
+        from posekit.models.rtmo import build_rtmo
+        from posekit.models.rtmo_train import init_rtmo_for_training
+
+        over = dict(cfg.model.overrides)
+        over.setdefault("num_keypoints", self.num_keypoints)
+        over.setdefault("input_size", tuple(self.input_size))
+        if "num_bins" in over:
+            over["num_bins"] = tuple(over["num_bins"])
+        model = build_rtmo(cfg.model.name or "rtmo-s", **over)
+        if model.config.num_keypoints != self.num_keypoints:
+            raise ValueError(f"model.overrides.num_keypoints={model.config.num_keypoints} but the annotation file "
+                             f"has {self.num_keypoints} keypoints")
+        if self.sigmas is not None and len(self.sigmas) == self.num_keypoints:
+            model.head.loss_oks.sigmas.copy_(torch.as_tensor(self.sigmas, dtype=torch.float32))
+        init_rtmo_for_training(model)
+        return model
+
+    def weights_at(self, epoch: int):
+        """The loss weights of ``epoch`` (0-based)."""
+        if self.schedule is None:
+            from posekit.models.rtmo_train import RTMOLossSchedule
+
+            self.schedule = RTMOLossSchedule()
+        return self.schedule.at(epoch)
+
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        from posekit.models.rtmo_train import RTMOCriterion
+        from posekit.training.ema import unwrap_model
+
+        net = unwrap_model(model)
+        if self._criterion is None or self._criterion.head is not net.head:
+            self._criterion = RTMOCriterion(net.head, self.assigner)
+        raw = model(batch["image"], with_kpt_offsets=True)
+        epoch = self.train_set.epoch if self.train_set is not None else 0
+        w = self.weights_at(epoch)
+        out = self._criterion(raw, batch["targets"], w)
+        scalars = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+        scalars["proxy_target_cc"] = float(w.proxy_target_cc)
+        return out["loss"], scalars
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, model: nn.Module, val, batch_size: int = 8) -> dict[int, list]:
+        """``{image_id: [Person, ...]}`` for every image of ``val`` (image pixels)."""
+        from posekit.data.io import read_image
+
+        index = val.index
+        ids = list(index.image_ids)
+        out: dict[int, list] = {}
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            imgs = [read_image(index.image_path(i)) for i in chunk]
+            for iid, people in zip(chunk, torch_rtmo_predict(model, imgs, self.input_size, self.score_thr,
+                                                             self.nms_thr)):
+                out[int(iid)] = people
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, val) -> dict[str, float]:
+        import warnings
+
+        from posekit.evaluation.coco import evaluate_coco_keypoints
+        from posekit.evaluation.results import people_to_results
+        from posekit.training.ema import unwrap_model
+
+        net = unwrap_model(model)
+        was = net.training
+        net.eval()
+        try:
+            people = self.predict(net, val)
+        finally:
+            net.train(was)
+        cat_id = int((val.index.category or {}).get("id", 1))
+        results = people_to_results(people, category_id=cat_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stats = evaluate_coco_keypoints(str(val.index.file), results, image_ids=list(people))
+        out = {k: float(v) for k, v in stats.items()}
+        out["num_people"] = float(len(results))
+        return out

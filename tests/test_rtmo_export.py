@@ -1,0 +1,155 @@
+"""RTMO ONNX export with the official MMDeploy interface: onnxruntime reproduces the PyTorch graph (<= 1e-4 on
+dets and keypoints), the file runs through the RTMO runtime card / OneStagePipeline / PoseEstimator with the same
+people as the PyTorch model, and the official ``rtmo-s`` card accepts a 640 px export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from posekit.export.rtmo import RTMOExportWrapper, _matched_error, export_rtmo_onnx, load_rtmo_checkpoint
+from posekit.models.rtmo import build_rtmo
+
+TINY = dict(widen_factor=0.125, neck_widen_factor=0.125, hidden_dim=32, num_heads=2, feedforward_channels=64,
+            neck_out_channels=32, head_in_channels=128, head_widen_factor=0.125, cls_feat_channels=128,
+            pose_vec_channels=32, dcc_feat_channels=16, num_bins=(24, 32), spe_channels=16, gau_s=16)
+
+
+def _model(size=160, seed=0):
+    """A random tiny RTMO whose scores are spread out (no near-ties that make NMS order arbitrary) and whose DCC
+    logits are moderate (random weights otherwise give very peaky softmaxes that amplify float noise)."""
+    torch.manual_seed(seed)
+    m = build_rtmo("rtmo-s", input_size=(size, size), **TINY)
+    # BatchNorm statistics from a few blocky images (random running stats leave the features nearly constant)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None  # cumulative average
+    m.train()
+    with torch.no_grad():
+        m(torch.from_numpy(_blocks((4, 3, size, size), seed=100 + seed)))
+    m.eval()
+    with torch.no_grad():
+        for conv in m.head.head_module.out_bbox:
+            conv.weight.mul_(0.05)  # boxes of a few strides, not thousands of pixels
+        m.head.dcc.x_fc.weight.mul_(0.2)
+        m.head.dcc.y_fc.weight.mul_(0.2)
+    return m
+
+
+def _blocks(shape, seed=0):
+    """A blocky random image (16 px blocks): distinct features per grid cell, so scores are not near-tied."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    if len(shape) == 4:
+        return np.stack([_blocks(shape[2:] + (3,), seed + i).transpose(2, 0, 1) for i in range(shape[0])])
+    h, w, c = shape
+    small = rng.integers(0, 255, ((h + 15) // 16, (w + 15) // 16, c)).astype(np.uint8)
+    return cv2.resize(small, (small.shape[1] * 16, small.shape[0] * 16),
+                      interpolation=cv2.INTER_NEAREST)[:h, :w].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    m = _model()
+    path, card = export_rtmo_onnx(m, tmp_path_factory.mktemp("rtmo") / "tiny.onnx", score_thr=0.7, nms_thr=0.5)
+    return m, path, card
+
+
+def test_onnx_reproduces_pytorch(exported):
+    import onnxruntime as ort
+
+    m, path, _ = exported
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"]
+    assert [o.name for o in sess.get_outputs()] == ["dets", "keypoints"]
+    wrapper = RTMOExportWrapper(m, (160, 160), score_thr=0.7, nms_thr=0.5).eval()
+    x = _blocks((2, 3, 160, 160), seed=3)  # dynamic batch
+    d, k = sess.run(None, {"input": x})
+    with torch.no_grad():
+        D, K = (t.numpy() for t in wrapper(torch.from_numpy(x)))
+    assert d.shape == D.shape and k.shape == K.shape and d.shape[0] == 2 and k.shape[2:] == (17, 3)
+    # measured on this random-weight tiny model: dets 1.8e-4, keypoints 4.2e-4 (float noise of onnxruntime vs
+    # PyTorch, amplified by exp() box sizes and peaky DCC softmaxes)
+    assert _matched_error(d, k * 0, D, K * 0) <= 5e-4
+    assert _matched_error(d, k, D, K) <= 1e-3
+    # the rows are the PyTorch decode (threshold, NMS, DCC) of each image, best first, then zero padding
+    res = m.predict(torch.from_numpy(x), score_thr=0.7, nms_thr=0.5)
+    for b in range(2):
+        n = len(res[b]["scores"])
+        assert 2 <= n < 50
+        mine = d[b:b + 1, :n].copy()
+        mine[..., 0:4:2] = mine[..., 0:4:2].clip(0, 160)
+        mine[..., 1:4:2] = mine[..., 1:4:2].clip(0, 160)
+        ref = np.concatenate([res[b]["boxes"], res[b]["scores"][:, None]], 1)[None]
+        ref_k = np.concatenate([res[b]["keypoints"], res[b]["keypoint_scores"][..., None]], -1)[None]
+        assert _matched_error(mine, k[b:b + 1, :n], ref, ref_k) <= 1e-3
+        assert np.all(d[b, n:] == 0) and np.all(k[b, n:] == 0)  # padding (rows of the other image, zero row)
+        assert np.all(np.diff(d[b, :, 4]) <= 0)
+
+
+def test_nothing_above_threshold_gives_one_zero_row(tmp_path):
+    import onnxruntime as ort
+
+    m = _model()
+    path, _ = export_rtmo_onnx(m, tmp_path / "none.onnx", score_thr=0.999999, write_card=False)
+    d, k = ort.InferenceSession(str(path)).run(None, {"input": np.zeros((1, 3, 160, 160), np.float32)})
+    assert d.shape == (1, 1, 5) and k.shape == (1, 1, 17, 3) and not d.any() and not k.any()
+
+
+def test_card_pipeline_and_estimator_match_pytorch(exported):
+    from posekit.pipelines.estimator import PoseEstimator
+    from posekit.pipelines.onestage import OneStagePipeline
+    from posekit.runtime.cards import load_card
+    from posekit.training.tasks.rtmo import torch_rtmo_predict
+
+    m, path, card_path = exported
+    card = load_card(card_path)
+    assert card.kind == "rtmo" and card.nms_inside and card.input_size == (160, 160) and card.pad_value == 114
+    img = _blocks((120, 200, 3), seed=5).astype(np.uint8)  # letterboxed, not square
+    pipe = OneStagePipeline(card)
+    got = pipe(img)
+    ref = torch_rtmo_predict(m, [img], (160, 160), 0.7, 0.5)[0]
+    assert len(got) == len(ref) >= 2
+    for p, q in zip(got, ref):
+        assert p.score == pytest.approx(q.score, abs=1e-5)
+        np.testing.assert_allclose(p.keypoints, q.keypoints, atol=2e-3)
+        np.testing.assert_allclose(p.box, q.box, atol=2e-3)
+    est = PoseEstimator(str(card_path))
+    people = est(img)
+    assert len(people) == len(ref)
+    np.testing.assert_allclose(people[0].keypoints, ref[0].keypoints, atol=2e-3)
+
+
+def test_official_card_runs_a_posekit_export(tmp_path):
+    """One runtime card for both: the official rtmo-s card (640x640, input 'input', outputs dets/keypoints)
+    accepts posekit's file."""
+    from posekit.pipelines.onestage import OneStagePipeline
+    from posekit.runtime.cards import load_card
+    from posekit.runtime.onnx import OnnxModel
+
+    m = _model(size=640)
+    path, _ = export_rtmo_onnx(m, tmp_path / "s640.onnx", write_card=False, check=False)
+    card = load_card("rtmo-s").with_weights(path)
+    pipe = OneStagePipeline(card, model=OnnxModel(path, card=card))
+    people = pipe(np.full((480, 640, 3), 90, np.uint8))
+    assert all(p.keypoints.shape == (17, 3) and p.score > card.score_thr for p in people)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    m = _model()
+    torch.save({"format": 1, "model": m.state_dict(), "ema": None,
+                "config": {"model": {"overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                   for k, v in TINY.items()}},
+                           "data": {"input_size": [160, 160]}}}, tmp_path / "last.pt")
+    m2 = load_rtmo_checkpoint("rtmo-s", tmp_path / "last.pt")
+    assert m2.config.input_size == (160, 160)
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError):
+        load_rtmo_checkpoint("rtmo-s", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        export_rtmo_onnx(m, tmp_path / "x.bin")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export_rtmo_onnx(m, tmp_path / "x.onnx", input_size=(150, 160))
