@@ -1,4 +1,9 @@
-"""``posekit export --model PRESET --weights CKPT --out FILE.onnx``: ONNX file + model card for the runtime."""
+"""``posekit export --model PRESET --weights CKPT --out FILE.onnx``: ONNX file + model card for the runtime.
+
+Dispatch by model family: OpenPose presets (``openpose-*``: raw-BGR ``maps`` export, ``kind: paf`` card), top-down
+presets (SimpleBaseline, ViTPose, RTMPose, CPM, Hourglass, CPN: the MMDeploy RTMPose interface, ``kind: simcc`` /
+``kind: heatmap`` card) and RTMO presets (the MMDeploy RTMO interface, ``kind: rtmo`` card).
+"""
 
 from __future__ import annotations
 
@@ -19,20 +24,30 @@ def _size(text: str) -> tuple[int, int]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a trained OpenPose model to ONNX with a model card",
-        description="Export an OpenPose preset with trained weights to FILE.onnx (raw BGR 0..255 NCHW input, "
-                    "dynamic batch/height/width, one 'maps' output) and write the model card FILE.yaml beside it, "
-                    "so that `posekit predict --model FILE.yaml` and PoseEstimator('FILE.yaml') run it. The file "
-                    "is checked against PyTorch in onnxruntime.",
+        help="export a posekit model (OpenPose, top-down, RTMO) to ONNX with a model card",
+        description="Export a model preset with trained weights to FILE.onnx and write the model card FILE.yaml "
+                    "beside it, so that `posekit predict --model FILE.yaml` and PoseEstimator('FILE.yaml') run it. "
+                    "OpenPose presets: raw BGR 0..255 NCHW input, dynamic batch/height/width, one 'maps' output. "
+                    "Top-down presets (simplebaseline-*, vitpose-*, rtmpose-*, ...): the official RTMPose MMDeploy "
+                    "interface (input 'input', normalised crops, outputs 'simcc_x'/'simcc_y' or 'heatmaps'). RTMO "
+                    "presets: the official RTMO MMDeploy interface ('dets', 'keypoints', NMS inside). The file is "
+                    "checked against PyTorch in onnxruntime.",
     )
-    p.add_argument("--model", required=True, help="model preset the weights belong to (e.g. openpose-light)")
-    p.add_argument("--weights", required=True,
+    p.add_argument("--model", required=True,
+                   help="model preset the weights belong to (e.g. openpose-light, rtmpose-m, simplebaseline-r50, "
+                        "rtmo-s)")
+    w = p.add_mutually_exclusive_group(required=True)
+    w.add_argument("--weights",
                    help="checkpoint: a posekit training checkpoint (best.pt / last.pt; EMA weights are used when "
-                        "present) or a plain state_dict")
+                        "present), an official MMPose .pth, or a plain state_dict")
+    w.add_argument("--random-init", action="store_true",
+                   help="export the preset with random weights (seed 0): for checking the plumbing, not for use")
     p.add_argument("--out", required=True, help="the .onnx file to write (the card goes to the same path .yaml)")
     p.add_argument("--input-size", type=_size, default=None,
-                   help="WxH: the card's input size (images are resized to this height, aspect kept); default: the "
-                        "checkpoint's training data.input_size, else 192x192")
+                   help="WxH: OpenPose: the card's input size (images are resized to this height, aspect kept; "
+                        "default: the checkpoint's training data.input_size, else 192x192); RTMO: the fixed input "
+                        "(multiples of 32; default: the model's); top-down: the model's own size (set it with --set "
+                        "input_size=[W,H] where the preset allows)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model override (builder keyword argument), e.g. --set stage_width=48; replaces the "
                         "checkpoint's saved model.overrides")
@@ -56,31 +71,57 @@ def _parse_overrides(items: list[str]) -> dict | None:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _load(args, family: str, overrides: dict | None):
+    """The model (eval mode) from --weights or --random-init."""
     import torch
 
-    from posekit.export.onnx import export_openpose_onnx, load_openpose_checkpoint
-    from posekit.models.presets import PRESETS
+    from posekit.runtime.torch_backend import build_preset, load_torch_preset
 
-    if args.model not in PRESETS:
-        raise ValueError(f"unknown model preset {args.model!r}; known: {sorted(PRESETS)}")
+    if args.random_init:
+        torch.manual_seed(0)
+        over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (overrides or {}).items()}
+        return build_preset(args.model, **over).eval()
+    if family == "openpose":
+        from posekit.export.onnx import load_openpose_checkpoint
+
+        return load_openpose_checkpoint(args.model, args.weights, overrides, use_ema=not args.no_ema)
+    return load_torch_preset(args.model, args.weights, overrides, use_ema=not args.no_ema)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from posekit.runtime.torch_backend import checkpoint_settings, preset_family
+
+    try:
+        family = preset_family(args.model)
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from None
     if not str(args.out).lower().endswith(".onnx"):
         raise ValueError(f"--out must name a .onnx file, got {args.out!r}")
-    model = load_openpose_checkpoint(args.model, args.weights, _parse_overrides(args.overrides),
-                                     use_ema=not args.no_ema)
-    size, params = args.input_size, None
-    ckpt = torch.load(args.weights, map_location="cpu", weights_only=True)
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if isinstance(cfg, dict):
-        if size is None and (cfg.get("data") or {}).get("input_size"):
-            size = tuple(int(v) for v in cfg["data"]["input_size"])
-        if cfg.get("task") == "openpose":
-            from posekit.training.tasks.openpose import DEFAULT_EVAL_PARAMS
+    model = _load(args, family, _parse_overrides(args.overrides))
+    if args.random_init:
+        print(f"warning: {args.model} exported with RANDOM weights (--random-init)", file=sys.stderr)
+    settings = {} if args.random_init else checkpoint_settings(args.weights)
+    out = Path(args.out)
+    if family == "openpose":
+        from posekit.export.onnx import export_openpose_onnx
 
-            params = {**DEFAULT_EVAL_PARAMS, **dict((cfg.get("task_options") or {}).get("paf_params") or {})}
-    onnx_path, card_path = export_openpose_onnx(model, Path(args.out), input_size=size or (192, 192),
-                                                params=params, name=args.name, opset=args.opset)
+        size = args.input_size or settings.get("input_size") or (192, 192)
+        onnx_path, card_path = export_openpose_onnx(model, out, input_size=size, params=settings.get("paf_params"),
+                                                    name=args.name, opset=args.opset)
+    elif family == "rtmo":
+        from posekit.export.rtmo import export_rtmo_onnx
+
+        onnx_path, card_path = export_rtmo_onnx(model, out, args.input_size, opset=args.opset, name=args.name)
+    else:
+        from posekit.export.topdown import export_topdown_onnx
+
+        size = tuple(model.input_size)
+        if args.input_size is not None and tuple(args.input_size) != size:
+            raise ValueError(f"--input-size {args.input_size[0]}x{args.input_size[1]} differs from the top-down "
+                             f"model's input {size[0]}x{size[1]}; set the model's size with --set input_size=[W,H]")
+        onnx_path, card_path = export_topdown_onnx(model, out, name=args.name, opset=args.opset)
     print(f"wrote {onnx_path} and its model card {card_path}")
     return 0

@@ -88,26 +88,41 @@ class PoseEstimator:
 
     Args:
         model: card name or path: ``rtmo-*`` (one-stage), ``rtmpose-*`` or any ``simcc``/``heatmap`` card
-            (top-down), ``tfpose-mnv2`` or any ``paf`` card (bottom-up).
+            (top-down), ``tfpose-mnv2`` or any ``paf`` card (bottom-up); with PyTorch weights also a preset name
+            that has no built-in card (``simplebaseline-r50``, ``vitpose-b``, ``openpose-light``…); or a PyTorch
+            posekit model (``nn.Module``: top-down, RTMO or OpenPose) to run as it is.
         detector: top-down only: a detector card (default ``yolox-nano-human``), an ``rtmo`` card (RTMO boxes), or a
             callable ``image -> (boxes, scores)``.
-        weights: the model's ONNX file (else the card's path / cache / download); detector_weights likewise.
+        weights: the model's ONNX file (else the card's path / cache / download), or a PyTorch checkpoint
+            (``.pth`` / ``.pt``: the preset of the card's name runs in PyTorch, see ``backend``);
+            detector_weights: the detector's ONNX file.
         threads, providers: onnxruntime settings for every network.
         flip_test: top-down flip test.
         score_thr: override the card's instance score threshold (one-stage) / detector threshold (top-down).
         oks_nms_thr: top-down OKS-NMS threshold (None: off).
+        backend: ``"onnx"``, ``"torch"`` or None (PyTorch for ``.pth``/``.pt`` weights or an ``nn.Module``, else
+            ONNX). The PyTorch backend runs the preset named by ``model`` (the card's name) with the weights
+            (``posekit.runtime.torch_backend.load_torch_preset``) through the family's export wrapper, so the
+            pipelines see the outputs an exported file would give. Its card is the card given (a ``.yaml`` path,
+            which must fit the model), else the built-in card of that name when it fits the model (same kind,
+            input size, colour, mean/std), else the card ``posekit export`` would write for the model.
+        device: torch device for the PyTorch backend (default: CPU, or the module's own device).
 
     Attributes:
-        card, timer (:class:`StageTimer`), pipeline (the underlying pipeline object).
+        card, timer (:class:`StageTimer`), pipeline (the underlying pipeline object), backend (``"onnx"`` or
+        ``"torch"``), model (the network runner: an ``OnnxModel`` or a ``TorchModel``), torch_model (the PyTorch
+        module, or None).
     """
 
     def __init__(self, model: str | Path | ModelCard = "rtmo-s", detector: str | Path | ModelCard | Callable | None = None,
                  weights: str | Path | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, flip_test: bool = False,
                  detector_weights: str | Path | None = None, score_thr: float | None = None,
-                 oks_nms_thr: float | None = None) -> None:
-        self.card = load_card(model)
+                 oks_nms_thr: float | None = None, backend: str | None = None, device=None) -> None:
         self.timer = StageTimer()
+        self.card, self.model, self.torch_model = self._resolve(model, weights, backend, threads, device)
+        self.backend = "onnx" if self.torch_model is None else "torch"
+        runner = self.model
         kind = self.card.kind
         self._bottomup = False
         if kind == "detector":
@@ -121,15 +136,22 @@ class PoseEstimator:
             from posekit.pipelines.onestage import OneStagePipeline
 
             self.pipeline = OneStagePipeline(self.card, weights, threads, providers, score_thr=score_thr,
-                                             timer=self.timer)
+                                             model=runner, timer=self.timer)
+            self.model = self.pipeline.model
         elif self.card.is_topdown:
             from posekit.pipelines.topdown import TopDownPipeline
 
             box_source = self._box_source(detector, detector_weights, threads, providers, score_thr)
             self.pipeline = TopDownPipeline(self.card, box_source, weights, threads, providers,
-                                            flip_test=flip_test, oks_nms_thr=oks_nms_thr, timer=self.timer)
+                                            flip_test=flip_test, oks_nms_thr=oks_nms_thr, model=runner,
+                                            timer=self.timer)
+            self.model = self.pipeline.model
         else:  # paf
-            self.pipeline = self._build_paf(weights, threads, providers)
+            if runner is None:
+                runner = OnnxModel(resolve_weights(self.card, weights), threads=threads, providers=providers,
+                                   card=self.card)
+            self.model = runner
+            self.pipeline = self._build_paf(runner)
             self._bottomup = True
 
     # ------------------------------------------------------------------------------------------------ building
@@ -148,12 +170,78 @@ class PoseEstimator:
             return OneStagePipeline(card, weights, threads, providers, score_thr=score_thr).boxes
         raise ValueError(f"detector card '{card.name}' is a {card.kind!r} model; use a 'detector' or 'rtmo' card")
 
-    def _build_paf(self, weights, threads, providers):
+    @staticmethod
+    def _resolve(model, weights, backend, threads, device):
+        """``(card, runner or None, torch module or None)``: the ONNX path (runner built by the pipeline) or the
+        PyTorch backend (see the class docstring)."""
+        if backend not in (None, "auto", "onnx", "torch"):
+            raise ValueError(f"backend must be 'onnx', 'torch' or None, got {backend!r}")
+        from posekit.runtime import torch_backend as tb
+
+        module = None
+        if not isinstance(model, (str, Path, ModelCard)):
+            import torch
+
+            if not isinstance(model, torch.nn.Module):
+                raise ValueError(f"model must be a card name, a card .yaml path, a ModelCard or a PyTorch posekit "
+                                 f"model, got {type(model).__name__}")
+            module = model
+        torch_weights = tb.is_torch_weights(weights)
+        if backend == "onnx" and (module is not None or torch_weights):
+            what = f"weights {weights}" if torch_weights else "a PyTorch model"
+            raise ValueError(f"backend='onnx' cannot run {what}; use backend='torch' or an .onnx file")
+        if module is None and not torch_weights and backend != "torch":
+            return load_card(model), None, None
+        if module is not None:
+            if weights is not None:
+                raise ValueError("weights= is for card names; load the weights into the PyTorch model yourself "
+                                 "(posekit.load_weights)")
+            net, given = module.eval(), None
+            name = getattr(module, "preset", None)
+            settings: dict = {}
+        else:
+            if weights is None:
+                raise ValueError(f"backend='torch' needs weights= (a .pth / .pt checkpoint) for {str(model)!r}")
+            if Path(str(weights)).suffix.lower() == ".onnx":
+                raise ValueError(f"backend='torch' cannot run the ONNX file {weights}; use backend='onnx'")
+            given = None
+            s = str(model)
+            if isinstance(model, ModelCard) or Path(s).suffix.lower() in (".yaml", ".yml") or "/" in s or "\\" in s:
+                given = load_card(model)
+                name = given.name
+            else:
+                name = s
+            try:
+                tb.preset_family(name)
+            except KeyError:
+                where = f"model card '{name}' ({given.source})" if given is not None else f"{name!r}"
+                raise KeyError(f"{where}: PyTorch weights {weights} need the model preset of the same name, and "
+                               f"there is none; use the preset's name (posekit.list_models()) or an .onnx "
+                               f"file") from None
+            net = tb.load_torch_preset(name, weights)
+            settings = tb.checkpoint_settings(weights)
+        if device is not None:
+            net = net.to(device)
+        if given is not None:
+            card = given
+        else:
+            card = None
+            if name:
+                try:
+                    built_in = load_card(name)
+                except (KeyError, FileNotFoundError):
+                    built_in = None
+                if built_in is not None and tb.card_fits_model(built_in, net) is None:
+                    card = built_in
+            if card is None:
+                card = tb.card_for_model(net, name, input_size=settings.get("input_size"),
+                                         paf_params=settings.get("paf_params"))
+        return card, tb.torch_runner(net, card, device=device, threads=threads), net
+
+    def _build_paf(self, model):
         from posekit.pipelines.bottomup import PafParams, PafPipeline
 
         card = self.card
-        model = OnnxModel(resolve_weights(card, weights), threads=threads, providers=providers, card=card)
-        self.model = model
         out_name = card.output_names[0]
         timer = self.timer
 
