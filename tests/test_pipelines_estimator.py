@@ -63,6 +63,20 @@ def test_top_down_with_callable_detector_and_given_boxes(tmp_path):
     assert "detector" in est.timer.summary()
 
 
+def test_top_down_default_detector_is_only_built_when_needed(tmp_path, monkeypatch):
+    """With boxes given, the default detector (and its weights) is never needed; without, the missing weights are
+    a clear error naming the file."""
+    monkeypatch.setenv("POSEKIT_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("posekit.runtime.download.urllib.request.urlopen",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    card = write_card(tmp_path, "rtmpose-s", fake_simcc(), "fake-pose")
+    est = PoseEstimator(str(card))
+    people = est(dot_image(400, 600, [(100.0, 120.0)]), boxes=np.array([[60, 40, 140, 200]], np.float32))
+    assert len(people) == 1 and np.allclose(people[0].keypoints[0, :2], (100, 120), atol=0.6)
+    with pytest.raises(RuntimeError, match="yolox_nano_8xb8-300e_humanart"):
+        est(dot_image(400, 600, []))
+
+
 def test_bottom_up_tfpose_card_on_a_real_image():
     est = PoseEstimator("tfpose-mnv2", weights=shared_path("weights", "openpose_mobilenet_v2_small_432x368.onnx"),
                         threads=2)

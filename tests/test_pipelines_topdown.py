@@ -107,8 +107,18 @@ def test_decoders_on_known_arrays():
     hm[0, 0, 5, 2], hm[0, 0, 5, 3], hm[0, 0, 4, 2] = 1.0, 0.5, 0.2
     locs, scores = decode_heatmaps(hm, (24, 32))
     np.testing.assert_allclose(locs[0, 0], [(2 + 0.25) * 4, (5 - 0.25) * 4])
-    locs, _ = decode_heatmaps(hm, (24, 32), udp=True)
-    np.testing.assert_allclose(locs[0, 0], [2.25 * 23 / 5, 4.75 * 31 / 7], rtol=1e-6)
+    # the pipeline decodes exactly as the model's codec (UDP: DARK-UDP refinement, MSRA+DARK)
+    from posekit.codecs.heatmap import HeatmapCodec
+
+    for kind, dark in (("udp", False), ("msra", True)):
+        codec = HeatmapCodec(input_size=(24, 32), heatmap_size=(6, 8), kind=kind, unbiased=dark)
+        locs, scores = decode_heatmaps(hm, (24, 32), udp=kind == "udp", dark=dark)
+        ref_locs, ref_scores = codec.decode(hm)
+        np.testing.assert_array_equal(locs, ref_locs)
+        np.testing.assert_array_equal(scores, ref_scores)
+    sx[0, 1] = 0.0  # SimCC: a keypoint whose score is <= 0 is at -1 (the codec's rule)
+    locs, scores = decode_simcc(sx, sy, 2.0)
+    np.testing.assert_allclose(locs[0, 1], [-0.5, -0.5])
 
 
 def test_detector_box_source_and_detections_json(simcc_card, tmp_path):

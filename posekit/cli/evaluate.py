@@ -46,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the JSON line")
     m = p.add_argument_group("model mode (predict, then evaluate)")
     m.add_argument("--model", metavar="CARD", help="model card name (e.g. tfpose-mnv2, rtmo-s) or card YAML path")
-    m.add_argument("--weights", metavar="PATH", help="ONNX weights for --model (else the cache / download)")
+    m.add_argument("--weights", metavar="PATH", help="weights for --model: an ONNX file, or a .pth/.pt checkpoint "
+                   "(PyTorch backend); else the cache / download")
     m.add_argument("--detector", metavar="CARD", help="person detector card for a top-down --model")
     m.add_argument("--detector-weights", metavar="PATH", help="ONNX weights for --detector")
     m.add_argument(

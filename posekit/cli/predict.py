@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image file, folder of images, video file, or webcam index (0, 1, ...)")
     p.add_argument("--model", default="rtmo-s", help="built-in card name or card .yaml path (default rtmo-s)")
-    p.add_argument("--weights", help="the model's ONNX file (else the card's path / cache / download)")
+    p.add_argument("--weights", help="the model's weights: an ONNX file, or a .pth/.pt checkpoint to run the "
+                   "PyTorch preset of that name (else the card's path / cache / download)")
     p.add_argument("--detector", help="top-down models: detector card (default yolox-nano-human) or an rtmo card")
     p.add_argument("--detector-weights", help="the detector's ONNX file")
     p.add_argument("--out-json", help="write COCO-format keypoint results here")

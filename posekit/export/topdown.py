@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -138,7 +138,8 @@ def topdown_card_dict(model: nn.Module, onnx_file: str, name: str, decoder: Opti
     if simcc:
         card["simcc"] = {"split_ratio": float(codec.split_ratio), "box_padding": float(box_padding)}
     else:
-        card["heatmap"] = {"udp": codec.kind == "udp", "box_padding": float(box_padding)}
+        card["heatmap"] = {"udp": codec.kind == "udp", "dark": bool(codec.unbiased),
+                           "blur_kernel_size": int(codec.blur_kernel_size), "box_padding": float(box_padding)}
     return card
 
 

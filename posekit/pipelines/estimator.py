@@ -157,9 +157,21 @@ class PoseEstimator:
     # ------------------------------------------------------------------------------------------------ building
     @staticmethod
     def _box_source(detector, weights, threads, providers, score_thr):
+        """The top-down box source. With no detector given, the default ``yolox-nano-human`` is built on first use,
+        so that calls with ``boxes=`` (ground truth, a detections json) never need its weights."""
         if callable(detector) and not isinstance(detector, (str, Path, ModelCard)):
             return detector
-        card = load_card(detector if detector is not None else "yolox-nano-human")
+        if detector is None:
+            built = []
+
+            def default_detector(image):
+                if not built:
+                    built.append(PoseEstimator._box_source("yolox-nano-human", weights, threads, providers,
+                                                           score_thr))
+                return built[0](image)
+
+            return default_detector
+        card = load_card(detector)
         if card.kind == "detector":
             from posekit.detectors import PersonDetector
 

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from posekit.codecs.heatmap import HeatmapCodec, flip_heatmaps_np
+from posekit.codecs.simcc import flip_simcc_np, get_simcc_maximum
 from posekit.data.geometry import apply_affine, invert_affine
 from posekit.data.io import read_json
 from posekit.runtime.cards import ModelCard, load_card
@@ -30,47 +32,29 @@ BoxSource = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = 2.0
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """SimCC ``(N, K, Wx)``, ``(N, K, Wy)`` -> locations ``(N, K, 2)`` in model-input pixels (``argmax /
-    split_ratio``) and scores ``(N, K)`` = the *smaller* of the two axis maxima (as MMPose 1.x and rtmlib's
-    ``get_simcc_maximum``)."""
+    """SimCC ``(N, K, Wx)``, ``(N, K, Wy)`` -> locations ``(N, K, 2)`` in model-input pixels and scores ``(N, K)``,
+    exactly as the SimCC codec decodes (:func:`posekit.codecs.simcc.get_simcc_maximum`: argmax / split ratio,
+    score = the smaller of the two axis maxima, location -1 where the score is <= 0)."""
     sx = np.asarray(simcc_x, np.float32)
     sy = np.asarray(simcc_y, np.float32)
     if sx.ndim != 3 or sy.ndim != 3 or sx.shape[:2] != sy.shape[:2]:
         raise ValueError(f"SimCC outputs must be (N, K, Wx) and (N, K, Wy), got {sx.shape} and {sy.shape}")
-    locs = np.stack([sx.argmax(-1), sy.argmax(-1)], -1).astype(np.float32) / float(split_ratio)
-    scores = np.minimum(sx.max(-1), sy.max(-1))
-    return locs, scores
+    locs, scores = get_simcc_maximum(sx, sy)
+    return locs / np.float32(split_ratio), scores
 
 
-def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int], udp: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps ``(N, K, h, w)`` -> locations ``(N, K, 2)`` in model-input pixels and scores ``(N, K)`` (the peak).
-
-    The argmax cell is refined by a quarter cell towards the higher neighbour (classic) and mapped to input pixels
-    by ``input / heatmap`` (classic, as MMPose's MSRA heatmap codec) or ``(input - 1) / (heatmap - 1)`` (UDP).
-    """
+def decode_heatmaps(heatmaps: np.ndarray, input_size: tuple[int, int], udp: bool = False, dark: bool = False,
+                    blur_kernel_size: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps ``(N, K, h, w)`` -> locations ``(N, K, 2)`` in model-input pixels and scores ``(N, K)`` (the peak),
+    exactly as :class:`posekit.codecs.heatmap.HeatmapCodec` decodes: MSRA (quarter-cell shift, or DARK with
+    ``dark``) or UDP (DARK-UDP refinement)."""
     hm = np.asarray(heatmaps, np.float32)
     if hm.ndim != 4:
         raise ValueError(f"heatmaps must be (N, K, h, w), got {hm.shape}")
-    N, K, h, w = hm.shape
-    flat = hm.reshape(N, K, -1)
-    idx = flat.argmax(-1)
-    scores = flat.max(-1)
-    y, x = np.divmod(idx, w)
-    xf, yf = x.astype(np.float32), y.astype(np.float32)
-    n, k = np.meshgrid(np.arange(N), np.arange(K), indexing="ij")
-    inner_x = (x > 0) & (x < w - 1)
-    inner_y = (y > 0) & (y < h - 1)
-    dx = hm[n, k, y, np.clip(x + 1, 0, w - 1)] - hm[n, k, y, np.clip(x - 1, 0, w - 1)]
-    dy = hm[n, k, np.clip(y + 1, 0, h - 1), x] - hm[n, k, np.clip(y - 1, 0, h - 1), x]
-    xf += np.where(inner_x, 0.25 * np.sign(dx), 0.0)
-    yf += np.where(inner_y, 0.25 * np.sign(dy), 0.0)
-    W_in, H_in = input_size
-    if udp:
-        sx, sy = (W_in - 1) / max(w - 1, 1), (H_in - 1) / max(h - 1, 1)
-    else:
-        sx, sy = W_in / w, H_in / h
-    return np.stack([xf * sx, yf * sy], -1), scores
+    codec = HeatmapCodec(input_size=tuple(input_size), heatmap_size=(hm.shape[3], hm.shape[2]),
+                         kind="udp" if udp else "msra", unbiased=bool(dark) and not udp,
+                         blur_kernel_size=int(blur_kernel_size))
+    return codec.decode(hm)
 
 
 def load_detections(path: str | Path, min_score: float = 0.0, category_id: int = 1
@@ -140,18 +124,17 @@ class TopDownPipeline:
                 raise ValueError(f"model '{card.name}' gives {sx.shape[1]} keypoints, schema "
                                  f"'{self.schema.name}' has {len(fi)}")
             if self.flip_test:
-                sx = 0.5 * (sx[:n] + sx[n:, fi, ::-1])
-                sy = 0.5 * (sy[:n] + sy[n:, fi])
+                fx, fy = flip_simcc_np(sx[n:], sy[n:], fi)
+                sx, sy = 0.5 * (sx[:n] + fx), 0.5 * (sy[:n] + fy)
             return decode_simcc(sx, sy, card.simcc.split_ratio)
         hm = np.asarray(out[card.output_names[0]], np.float32)
         if hm.ndim != 4 or hm.shape[1] != len(fi):
             raise ValueError(f"model '{card.name}': heatmaps {hm.shape} are not (N, {len(fi)}, h, w)")
-        if self.flip_test:
-            flipped = hm[n:, fi, :, ::-1].copy()
-            if not card.heatmap.udp:  # MMPose's shift_heatmap for the classic (biased) transform
-                flipped[..., 1:] = flipped[..., :-1].copy()
-            hm = 0.5 * (hm[:n] + flipped)
-        return decode_heatmaps(hm, card.input_size, udp=card.heatmap.udp)
+        if self.flip_test:  # MMPose's shift_heatmap for the classic (biased) transform, none for UDP
+            hm = 0.5 * (hm[:n] + flip_heatmaps_np(hm[n:], fi, shift=not card.heatmap.udp))
+        spec = card.heatmap
+        return decode_heatmaps(hm, card.input_size, udp=spec.udp, dark=spec.dark,
+                               blur_kernel_size=spec.blur_kernel_size)
 
     def predict_boxes(self, image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray | None = None
                       ) -> list[Person]:

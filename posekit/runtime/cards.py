@@ -110,9 +110,13 @@ class SimccSpec:
 
 @dataclass(frozen=True)
 class HeatmapSpec:
-    """Top-down heatmaps ``(N, K, h, w)``; ``udp`` picks the unbiased cell→pixel mapping."""
+    """Top-down heatmaps ``(N, K, h, w)``, decoded as the model's codec does: ``udp`` (UDP mapping and DARK-UDP
+    refinement), else MSRA with ``dark`` (DARK refinement) or the quarter-cell shift; ``blur_kernel_size`` for the
+    DARK refinements."""
 
     udp: bool = False
+    dark: bool = False
+    blur_kernel_size: int = 11
 
 
 @dataclass(frozen=True)
@@ -417,12 +421,14 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
         simcc = SimccSpec(split_ratio=ratio)
     elif kind == "heatmap":
         s = r.section("heatmap")
-        udp = False
+        udp, dark, blur = False, False, 11
         if s is not None:
             udp = s.bool_("udp", False)
+            dark = s.bool_("dark", False)
+            blur = s.num("blur_kernel_size", 11, lo=1, integer=True)
             box_padding = s.num("box_padding", 1.25, lo=1.0)
             s.finish()
-        heatmap = HeatmapSpec(udp=udp)
+        heatmap = HeatmapSpec(udp=udp, dark=dark, blur_kernel_size=blur)
     elif kind == "detector":
         s = r.section("detector")
         if s is None:

@@ -340,6 +340,10 @@ def card_fits_model(card: ModelCard, model) -> Optional[str]:
             return f"simcc.split_ratio is {card.simcc.split_ratio}, the model's is {codec.split_ratio}"
         if kind == "heatmap" and card.heatmap.udp != (codec.kind == "udp"):
             return f"heatmap.udp is {card.heatmap.udp}, the model's codec is {codec.kind!r}"
+        if kind == "heatmap" and (card.heatmap.dark != bool(codec.unbiased)
+                                  or card.heatmap.blur_kernel_size != codec.blur_kernel_size):
+            return (f"heatmap.dark/blur_kernel_size are {card.heatmap.dark}/{card.heatmap.blur_kernel_size}, the "
+                    f"model's codec has unbiased={codec.unbiased}, blur_kernel_size={codec.blur_kernel_size}")
         fi = model.flip_indices[None]
         k = None if fi is None else len(fi) - (1 if getattr(codec, "background", False) else 0)
         if k is not None and get_schema(card.schema).num_keypoints != k:
