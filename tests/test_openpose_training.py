@@ -1,28 +1,23 @@
-"""OpenPose training task: a short run of the light model on easy synthetic data raises COCO AP on held-out
-images from 0 (the issue's 0.5 is not reached in a short run, see AP_BAR); the trained model gives the same
-people through the exported ONNX file and ``PoseEstimator`` as through the PyTorch pipeline."""
+"""OpenPose training task: targets/loss plumbing, and the default-suite end-to-end run: a short CPU run of the light
+model on an easy synthetic set made here raises COCO AP on held-out images from 0 to >= 0.5 (the issue's bar), and
+the trained model gives the same people through the exported ONNX file and ``PoseEstimator`` as through the PyTorch
+pipeline."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from posekit.training.config import config_from_dict
+from posekit.training.config import config_from_dict, load_config
 from posekit.training.tasks import get_task
-from posekit.training.tasks.openpose import OpenPoseTask, eval_params_for, make_synthetic_splits
+from posekit.training.tasks.openpose import SYNTH_EASY, OpenPoseTask, eval_params_for, make_synthetic_splits
 
-# Setting (see docs/training-openpose.md): 160x160 images,
-# one person (head 12..23 px: 90..180 px tall), no occluders, crowds or tiny people; held-out images with every
-# keypoint inside the image.
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "openpose-light-synth.yaml"
 SIZE = 160
-# Measured with this exact setting (600 steps, ~3 min on 2 cores): AP 0.060, AP50 0.278 (before: 0.0). The issue's
-# bar (AP >= 0.5) is NOT reached by this short run; the bars below are what it reaches with margin. Raise them with
-# POSEKIT_OPENPOSE_AP_BAR / POSEKIT_OPENPOSE_AP50_BAR once a longer/faster recipe is measured.
-AP_BAR = float(os.environ.get("POSEKIT_OPENPOSE_AP_BAR", "0.02"))
-AP50_BAR = float(os.environ.get("POSEKIT_OPENPOSE_AP50_BAR", "0.1"))
 
 
 def _cfg(data: dict, out_dir, **over) -> object:
@@ -80,45 +75,113 @@ def test_eval_params_adapt_to_the_input():
         eval_params_for((160, 160), {"bogus": 1})
 
 
-@pytest.mark.slow
+def test_easy_synthetic_options():
+    """The generator options behind SYNTH_EASY: one person facing the camera (the person's left side on the image's
+    right), head heights in head_range, fully inside the image; the plain background has no edges of its own."""
+    from posekit.data.synthetic import render_image
+    from posekit.schema import COCO17
+
+    w, h = SYNTH_EASY["size"]
+    kw = {k: v for k, v in SYNTH_EASY.items() if k != "size"}
+    names = COCO17.keypoints
+    ls, rs, lh, rh = (names.index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+    lo, hi = SYNTH_EASY["head_range"]
+    heights, mirrored, whole = [], 0, 0
+    for i in range(24):
+        img, anns = render_image(np.random.default_rng([5, i]), (w, h), crowd_prob=0.0, small_prob=0.0,
+                                 occluder_prob=0.0, **kw)
+        assert img.shape == (h, w, 3) and len(anns) == 1
+        kp = np.asarray(anns[0]["keypoints"], float).reshape(-1, 3)
+        # inside: every keypoint in the image, unless the figure is taller than the image (arms up, largest heads)
+        whole += int((kp[:, 2] > 0).all())
+        mirrored += int(kp[ls, 0] > kp[rs, 0] and kp[lh, 0] > kp[rh, 0])
+        heights.append(kp[:, 1].max() - kp[:, 1].min())
+        # plain background: smooth away from the person (the textured one has shapes, lines and stripes)
+        corner = img[:12, :12].astype(float)
+        assert np.abs(np.diff(corner, axis=1)).mean() < 12
+    assert whole >= 20
+    assert mirrored >= 23  # front views: the person's left shoulder and hip on the image's right
+    assert np.median(heights) > 0.5 * h  # keypoint extent of the figure (poses include sitting and squatting)
+    assert max(heights) < h
+    # default views ("all") include back views: left/right mirrored far less often
+    mirrored_all = 0
+    for i in range(24):
+        _, anns = render_image(np.random.default_rng([5, i]), (w, h), min_people=1, max_people=1, crowd_prob=0.0,
+                               small_prob=0.0, occluder_prob=0.0, min_head_px=8.0, head_range=(lo, hi), inside=True)
+        kp = np.asarray(anns[0]["keypoints"], float).reshape(-1, 3)
+        mirrored_all += int(kp[ls, 0] > kp[rs, 0] and kp[lh, 0] > kp[rh, 0])
+    assert mirrored_all < 22
+    with pytest.raises(ValueError, match="views"):
+        render_image(np.random.default_rng(0), (64, 64), views="side")
+    with pytest.raises(ValueError, match="head_range"):
+        render_image(np.random.default_rng(0), (64, 64), head_range=(2.0, 8.0), min_head_px=5.0)
+    with pytest.raises(ValueError, match="background"):
+        render_image(np.random.default_rng(0), (64, 64), background="noise")
+
+
+def test_synth_cli_easy_flags(tmp_path, capsys):
+    import json
+
+    from posekit.cli import main
+
+    out = tmp_path / "ds"
+    rc = main(["synth", str(out), "--images", "4", "--size", "96x144", "--min-people", "1", "--max-people", "1",
+               "--crowd-prob", "0", "--views", "front", "--head-range", "12,14", "--inside", "--background", "plain"])
+    assert rc == 0
+    anns = json.loads((out / "person_keypoints.json").read_text())["annotations"]
+    big = [a for a in anns if a["num_keypoints"] > 0]  # (the default small_prob still draws some tiny people)
+    assert big and all(a["num_keypoints"] == 17 for a in big)
+    assert all(35 < max(a["keypoints"][1::3]) - min(a["keypoints"][1::3]) < 144 for a in big)
+    rc = main(["synth", str(tmp_path / "x"), "--images", "1", "--head-range", "12"])
+    assert rc == 1 and "--head-range" in capsys.readouterr().err
+
+
 def test_short_run_reaches_ap_and_exports(tmp_path):
-    from posekit.export.onnx import export_openpose_onnx, torch_paf_pipeline
+    """The recipe of configs/openpose-light-synth.yaml (600 AdamW steps of 16 images, 128x192) on SYNTH_EASY data
+    (800 training images, 30 held-out ones). Measured (docs/training-openpose.md): AP 0.706 / AP50 1.0 with this
+    data seed (12), 0.610 / 1.0 with seed 11; the bar is the issue's 0.5."""
+    from posekit.data.io import read_image
+    from posekit.export.onnx import export_openpose_onnx, load_openpose_checkpoint, torch_paf_pipeline
+    from posekit.pipelines.estimator import PoseEstimator
     from posekit.training.trainer import train
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    data = make_synthetic_splits(tmp_path / "data", num_train=320, num_val=30, size=(SIZE, SIZE), seed=11,
-                                 min_people=1, max_people=1, min_head_px=12.0)
-    cfg = _cfg(data, tmp_path / "run")
-    task = OpenPoseTask()
-    train_ds, val_ds = task.build_datasets(cfg)
-    torch.manual_seed(cfg.seed)
-    before = task.evaluate(task.build_model(cfg), val_ds)["AP"]
-    assert before < 0.05
+    try:
+        data = make_synthetic_splits(tmp_path / "data", num_train=800, num_val=30, seed=12, **SYNTH_EASY)
+        cfg = load_config(CONFIG, [f"data.{k}={v}" for k, v in data.items()] + [
+            f"out_dir={tmp_path / 'run'}", "progress=false", "eval.every_epochs=1000", "checkpoint.save_best=false"])
+        w, h = cfg.data.input_size
+        assert (w, h) == tuple(SYNTH_EASY["size"]) and cfg.max_steps == 600 and cfg.batch_size == 16
+        task = OpenPoseTask()
+        _, val_ds = task.build_datasets(cfg)
+        assert len(val_ds.index.image_ids) == 30
+        torch.manual_seed(cfg.seed)
+        before = task.evaluate(task.build_model(cfg), val_ds)
+        assert before["AP"] < 0.05
 
-    out = train(cfg, task=task)
-    after = out["last_eval"]
-    msg = f"AP {before:.3f} -> {after['AP']:.3f} (AP50 {after['AP50']:.3f}) after {out['step']} steps"
-    assert after["AP"] >= AP_BAR and after["AP50"] >= AP50_BAR, msg
+        out = train(cfg, task=task)
+        after = out["last_eval"]
+        msg = f"AP {before['AP']:.3f} -> {after['AP']:.3f} (AP50 {after['AP50']:.3f}) after {out['step']} steps"
+        print(msg)
+        assert out["step"] == 600
+        assert after["AP"] >= 0.5 and after["AP50"] >= 0.8, msg
 
-    # the checkpoint exports; PoseEstimator on the ONNX file finds the same people as the PyTorch pipeline
-    from posekit.export.onnx import load_openpose_checkpoint
-    from posekit.pipelines.estimator import PoseEstimator
-
-    model = load_openpose_checkpoint("openpose-light", out["last_checkpoint"])
-    params = eval_params_for(cfg.data.input_size)
-    onnx_path, card_path = export_openpose_onnx(model, tmp_path / "light.onnx", input_size=(SIZE, SIZE),
-                                                params=params)
-    est = PoseEstimator(str(card_path))
-    ref = torch_paf_pipeline(model, params)
-    from posekit.data.io import read_image
-
-    n_people = 0
-    for iid in val_ds.index.image_ids[:10]:
-        img = read_image(val_ds.index.image_path(iid))
-        a, b = est(img), ref(img)
-        assert len(a) == len(b)
-        n_people += len(a)
-        for p, q in zip(a, b):
-            np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-2)
-            assert abs(p.score - q.score) <= 1e-3
-    assert n_people >= 8
+        # the checkpoint exports; PoseEstimator on the ONNX file finds the same people as the PyTorch pipeline
+        model = load_openpose_checkpoint("openpose-light", out["last_checkpoint"])
+        params = eval_params_for(cfg.data.input_size, cfg.task_options.get("paf_params"))
+        onnx_path, card_path = export_openpose_onnx(model, tmp_path / "light.onnx", input_size=(w, h), params=params)
+        est = PoseEstimator(str(card_path))
+        ref = torch_paf_pipeline(model, params)
+        n_people = 0
+        for iid in val_ds.index.image_ids[:10]:
+            img = read_image(val_ds.index.image_path(iid))
+            a, b = est(img), ref(img)
+            assert len(a) == len(b)
+            n_people += len(a)
+            for p, q in zip(a, b):
+                np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-2)
+                assert abs(p.score - q.score) <= 1e-3
+        assert n_people >= 9  # one person per image
+    finally:
+        torch.set_num_threads(threads)

@@ -33,6 +33,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--crowd-prob", type=float, default=0.1,
                    help="probability of a crowd region (iscrowd=1) per image (default 0.1)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 (default 95)")
+    p.add_argument("--views", default="all", choices=("all", "front"),
+                   help="'all' (front, side and back views; default) or 'front' (facing the camera, upright)")
+    p.add_argument("--head-range", default=None, metavar="LO,HI",
+                   help="head heights in px of annotated people, e.g. 17,22 (default: 5 .. height/6.8)")
+    p.add_argument("--inside", action="store_true", help="place every annotated person fully inside the image")
+    p.add_argument("--background", default="textured", choices=("textured", "plain"),
+                   help="'textured' (default: shapes, lines, stripes) or 'plain' (a smooth gradient)")
     p.set_defaults(func=run)
 
 
@@ -48,9 +55,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"need 0 <= --min-people <= --max-people, got {args.min_people} and {args.max_people}")
     if not 0.0 <= args.crowd_prob <= 1.0:
         raise ValueError(f"--crowd-prob must be in [0, 1], got {args.crowd_prob}")
+    extra = {}
+    if args.head_range is not None:
+        try:
+            lo, hi = (float(v) for v in args.head_range.split(","))
+        except ValueError:
+            raise ValueError(f"--head-range must be LO,HI in pixels (e.g. 17,22), got {args.head_range!r}") from None
+        extra = {"head_range": (lo, hi), "min_head_px": min(5.0, lo)}
     path = make_synthetic_dataset(
         args.out, args.images, size=size, seed=args.seed, max_people=args.max_people,
         min_people=args.min_people, schema=args.schema, crowd_prob=args.crowd_prob, jpeg_quality=args.jpeg_quality,
+        views=args.views, inside=args.inside, background=args.background, **extra,
     )
     d = json.loads(path.read_text())
     anns = d["annotations"]

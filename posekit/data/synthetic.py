@@ -198,8 +198,11 @@ def _sample_pose(rng: np.random.Generator) -> dict:
     }
 
 
-def _sample_view(rng: np.random.Generator, template: str) -> tuple[float, float]:
-    """(yaw, roll) in degrees: mostly frontal, sometimes from behind or the side; rarely far from upright."""
+def _sample_view(rng: np.random.Generator, template: str, views: str = "all") -> tuple[float, float]:
+    """(yaw, roll) in degrees. ``views="all"``: mostly frontal, sometimes from behind or the side; rarely far from
+    upright. ``views="front"``: facing the camera (yaw ~ N(0, 15) clipped to +-40) and upright (roll ~ N(0, 5))."""
+    if views == "front":
+        return float(np.clip(rng.normal(0, 15), -40.0, 40.0)), float(rng.normal(0, 5))
     r = rng.random()
     side_p = 0.45 if template in ("walk", "run", "kick") else 0.22
     if r < side_p:
@@ -216,10 +219,10 @@ def _sample_view(rng: np.random.Generator, template: str) -> tuple[float, float]
 class _Figure:
     """One articulated figure, projected: named points (image px), z (towards the viewer, px) and parts."""
 
-    def __init__(self, rng: np.random.Generator, head_px: float, detail: bool = True):
+    def __init__(self, rng: np.random.Generator, head_px: float, detail: bool = True, views: str = "all"):
         self.head_px = head_px
         pose = _sample_pose(rng)
-        yaw, roll = _sample_view(rng, pose["template"])
+        yaw, roll = _sample_view(rng, pose["template"], views)
         child = rng.random() < 0.12
         ls = (0.72 if child else 1.0) * _u(rng, 0.93, 1.07)  # body length scale (head heights)
         ws = _u(rng, 0.85, 1.25) * (0.85 if child else 1.0)  # build (widths)
@@ -461,7 +464,8 @@ def _paint_head(img, code, cv, fig: _Figure, ow: float, detail: bool) -> None:
 
 
 # --------------------------------------------------------------------------- backgrounds and objects
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def _background(rng: np.random.Generator, w: int, h: int, plain: bool = False) -> np.ndarray:
+    """A colour gradient with low-frequency variation; unless ``plain``, also stripes and distractor shapes."""
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     ang = rng.uniform(0, 2 * math.pi)
     xs = np.linspace(0, 1, w, dtype=np.float32)[None, :] * math.cos(ang)
@@ -472,6 +476,8 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     g = int(rng.integers(3, 10))
     low = rng.normal(0, rng.uniform(8, 35), (g, g, 3)).astype(np.float32)
     img += cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+    if plain:
+        return np.clip(img, 0, 255).astype(np.uint8)
     if rng.random() < 0.25:  # stripes / texture
         f = rng.uniform(4, 30)
         a2 = rng.uniform(0, math.pi)
@@ -566,6 +572,10 @@ def render_image(
     min_head_px: float = 5.0,
     noise: bool = True,
     return_maps: bool = False,
+    views: str = "all",
+    head_range: tuple[float, float] | None = None,
+    inside: bool = False,
+    background: str = "textured",
 ):
     """Render one synthetic image and its COCO person annotations.
 
@@ -580,6 +590,14 @@ def render_image(
         occluder_prob: probability of foreground objects (1-2) occluding people.
         min_head_px: people whose head height (px) is below this get no keypoints.
         noise: add sensor noise (and sometimes blur) to the finished image.
+        views: ``"all"`` (mostly frontal, also side and back views, rarely far from upright) or ``"front"``
+            (annotated people face the camera, yaw within +-40 degrees, upright): no left/right ambiguity.
+        head_range: ``(lo, hi)`` head heights (px) of annotated-size people, log-uniform; default
+            ``(min_head_px, max(min_head_px + 1, h / 6.8))``. A standing figure's box is about 8.6 head heights.
+        inside: place every annotated-size person so that its box lies inside the image when it fits (else
+            centred on that axis); default: box centres anywhere in the middle 90 % / 80 % (people may be cut).
+        background: ``"textured"`` (gradient, noise, stripes, distractor shapes and thick lines) or ``"plain"``
+            (the gradient and low-frequency noise only).
         return_maps: also return ``{"owner": (h, w) int32, "part": (h, w) int8}``: ``owner`` is the
             1-based index into ``annotations`` of the instance that shows at each pixel, 0 for background, -1 for
             foreground objects; ``part`` the body part index (see ``PART_NAMES``) or -1.
@@ -599,8 +617,21 @@ def render_image(
     if unknown:
         raise ValueError(f"schema {schema.name!r}: the synthetic generator cannot place keypoints {unknown}; "
                          f"supported: {list(SUPPORTED_KEYPOINTS)}")
+    if views not in ("all", "front"):
+        raise ValueError(f"views must be 'all' or 'front', got {views!r}")
+    if background not in ("textured", "plain"):
+        raise ValueError(f"background must be 'textured' or 'plain', got {background!r}")
+    if head_range is not None:
+        lo_head, hi_head = (float(v) for v in head_range)
+        if not 0 < lo_head <= hi_head:
+            raise ValueError(f"head_range must be 0 < lo <= hi (px), got {tuple(head_range)!r}")
+        if lo_head < min_head_px:
+            raise ValueError(f"head_range {tuple(head_range)!r} starts below min_head_px={min_head_px}: "
+                             f"those people would get no keypoints")
+    else:
+        lo_head, hi_head = float(min_head_px), max(min_head_px + 1.0, h / 6.8)
     side = min(w, h)
-    img = _background(rng, w, h)
+    img = _background(rng, w, h, plain=background == "plain")
     code = np.zeros((h, w), np.int32)
 
     owner_next = 1
@@ -625,22 +656,28 @@ def render_image(
 
     n_people = int(rng.integers(min_people, max_people + 1))
     figs = []
-    max_head = max(min_head_px + 1.0, h / 6.8)
     for i in range(n_people):
         if rng.random() < small_prob:
             head = _u(rng, 2.0, min_head_px)
             kind = "small"
         else:
-            head = math.exp(_u(rng, math.log(min_head_px), math.log(max_head)))
+            head = math.exp(_u(rng, math.log(lo_head), math.log(hi_head)))
             kind = "person"
-        f = _Figure(rng, head, detail=head >= 4)
+        f = _Figure(rng, head, detail=head >= 4, views=views if kind == "person" else "all")
         bb = f.bbox()
         if figs and rng.random() < 0.35:  # stand next to / in front of someone: overlaps
             ob = figs[int(rng.integers(len(figs)))][1].bbox()
             cx = 0.5 * (ob[0] + ob[2]) + rng.normal(0, 0.35) * (ob[2] - ob[0])
             cy = 0.5 * (ob[1] + ob[3]) + rng.normal(0, 0.15) * (ob[3] - ob[1])
+        elif inside and kind == "person":  # the box centre anywhere the box fits
+            bw, bh = bb[2] - bb[0], bb[3] - bb[1]
+            cx = _u(rng, 0.5 * bw, w - 0.5 * bw) if bw <= w else 0.5 * w
+            cy = _u(rng, 0.5 * bh, h - 0.5 * bh) if bh <= h else 0.5 * h
         else:
             cx, cy = rng.uniform(0.05, 0.95) * w, rng.uniform(0.1, 0.9) * h
+        if inside and kind == "person":  # a person standing next to someone stays inside too
+            cx, cy = (float(np.clip(c, 0.5 * e, n - 0.5 * e)) if e <= n else 0.5 * n
+                      for c, e, n in ((cx, bb[2] - bb[0], w), (cy, bb[3] - bb[1], h)))
         f.translate(cx - 0.5 * (bb[0] + bb[2]), cy - 0.5 * (bb[1] + bb[3]))
         figs.append((kind, f))
     figs.sort(key=lambda kf: kf[1].head_px)  # small (far) first

@@ -32,7 +32,23 @@ from torch import nn
 
 from posekit.training.tasks.base import TrainTask
 
-__all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "eval_params_for", "make_synthetic_splits"]
+__all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "SYNTH_EASY", "eval_params_for", "make_synthetic_splits"]
+
+#: :func:`make_synthetic_splits` arguments of the easy set that the light model learns in a few CPU minutes
+#: (``configs/openpose-light-synth.yaml``, ``tests/test_openpose_training.py``): 128x192 (w x h) images with one
+#: person facing the camera (no left/right ambiguity), heads of 17.5..21.8 px (a standing figure fills most of the
+#: height: the OKS tolerance grows with the person, the stride-8 map does not), always fully inside the image, on a
+#: plain gradient background.
+SYNTH_EASY: dict = {
+    "size": (128, 192),
+    "min_people": 1,
+    "max_people": 1,
+    "min_head_px": 8.0,
+    "head_range": (192 / 11, 192 / 8.8),
+    "views": "front",
+    "inside": True,
+    "background": "plain",
+}
 
 #: association settings for the small maps of CPU-trained models (stride 8 on ~100-200 px inputs): finer peaks
 #: (confidence maps upsampled 2x), no length prior (people fill a large part of a small image), 3 parts suffice.
@@ -212,14 +228,18 @@ class OpenPoseTask(TrainTask):
 def make_synthetic_splits(out_dir, num_train: int = 300, num_val: int = 30, size=(160, 160), seed: int = 0,
                           min_people: int = 1, max_people: int = 1, min_head_px: float = 12.0,
                           occluder_prob: float = 0.0, small_prob: float = 0.0, crowd_prob: float = 0.0,
-                          val_inside_only: bool = True) -> dict:
+                          val_inside_only: bool = True, views: str = "all", head_range=None, inside: bool = False,
+                          background: str = "textured") -> dict:
     """An easy synthetic train/val pair for OpenPose training tests and benchmarks.
 
     ``out_dir/train`` and ``out_dir/val`` are written by :func:`posekit.data.synthetic.make_synthetic_dataset`
     (seeds ``seed`` and ``seed + 1``; ``min_head_px`` sets the smallest annotated person, the largest has a head of
-    ``h / 6.8``). With ``val_inside_only`` the validation file ``val/person_keypoints_inside.json`` keeps the first
-    ``num_val`` images whose annotated people have every keypoint inside the image (a person cut by the border
-    loses its neck, which splits it in OpenPose's tree); up to ``8 * num_val`` images are rendered to find them.
+    ``h / 6.8``, unless ``head_range = (lo, hi)`` px is given). ``views`` (``"all"``/``"front"``), ``inside`` (every
+    person placed fully inside the image) and ``background`` (``"textured"``/``"plain"``) go to
+    :func:`posekit.data.synthetic.render_image`; :data:`SYNTH_EASY` is the easy set of the training test. With
+    ``val_inside_only`` the validation file ``val/person_keypoints_inside.json`` keeps the first ``num_val`` images
+    whose annotated people have every keypoint inside the image (a person cut by the border loses its neck, which
+    splits it in OpenPose's tree); up to ``8 * num_val`` images are rendered to find them.
 
     Returns:
         ``{"train_ann", "train_images", "val_ann", "val_images"}`` paths (str), for ``cfg.data``.
@@ -231,7 +251,8 @@ def make_synthetic_splits(out_dir, num_train: int = 300, num_val: int = 30, size
 
     out = Path(out_dir)
     kw = dict(size=tuple(size), min_people=min_people, max_people=max_people, min_head_px=min_head_px,
-              occluder_prob=occluder_prob, small_prob=small_prob, crowd_prob=crowd_prob)
+              occluder_prob=occluder_prob, small_prob=small_prob, crowd_prob=crowd_prob, views=views,
+              head_range=None if head_range is None else tuple(head_range), inside=inside, background=background)
     train_json = make_synthetic_dataset(out / "train", num_train, seed=seed, **kw)
     n_render = 8 * num_val if val_inside_only else num_val
     val_json = make_synthetic_dataset(out / "val", n_render, seed=seed + 1, **kw)
