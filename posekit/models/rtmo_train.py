@@ -337,9 +337,16 @@ class RTMOCriterion:
         assigner: a :class:`SimOTAAssigner` (default: the official settings).
     """
 
-    def __init__(self, head, assigner: Optional[SimOTAAssigner] = None) -> None:
+    def __init__(self, head, assigner: Optional[SimOTAAssigner] = None,
+                 easy_keypoints: Optional[Sequence[int]] = None) -> None:
         self.head = head
         self.assigner = assigner or SimOTAAssigner()
+        k = head.num_keypoints
+        easy = tuple(int(i) for i in (easy_keypoints or ()))
+        bad = [i for i in easy if not 0 <= i < k]
+        if bad:
+            raise ValueError(f"RTMOCriterion easy_keypoints {bad} out of range 0..{k - 1}")
+        self.easy_keypoints = easy
 
     @torch.no_grad()
     def targets(self, raw: Mapping[str, List[torch.Tensor]], gts: Sequence[Mapping[str, torch.Tensor]]) -> dict:
@@ -377,8 +384,11 @@ class RTMOCriterion:
         ground-truth dict per image (see the module docstring).
 
         Returns a dict of scalar tensors: ``loss`` (weighted total), ``loss_cls``, ``loss_bbox``, ``loss_oks``,
-        ``loss_vis``, ``loss_mle`` (unweighted), ``num_pos`` and, when there are positives, ``sigma`` (mean DCC
-        sigma over labelled keypoints of positives) and ``oks_dcc`` (mean OKS of the DCC keypoints).
+        ``loss_vis``, ``loss_mle`` (unweighted), ``num_pos`` and, when there are positives, the diagnostics (no
+        gradient): ``sigma`` (mean predicted DCC sigma over the labelled keypoints of the positives),
+        ``sigma_easy`` (the same over ``easy_keypoints``, when given), ``oks_dcc`` / ``oks_reg`` (mean OKS of the
+        DCC / regression keypoints), ``iou`` (mean IoU of the positives' boxes) and ``score_pos`` (mean
+        classification probability of the positives).
         """
         w = weights or RTMOLossWeights()
         head = self.head
@@ -434,9 +444,16 @@ class RTMOCriterion:
                 out["loss_oks"] = oks_loss(kreg, gt_kpts, gt_vis, areas, sig_oks).sum() / norm
             cls_target[pos] = cls_pos.detach().clamp(min=0).pow(w.overlaps_power).to(cls_target.dtype)
             with torch.no_grad():
-                nv = gt_vis.sum().clamp(min=1)
-                out["sigma"] = (sig.detach() * gt_vis).sum() / nv
+                sd = sig.detach()
+                out["sigma"] = (sd * gt_vis).sum() / gt_vis.sum().clamp(min=1)
+                if self.easy_keypoints:
+                    ez = list(self.easy_keypoints)
+                    ve = gt_vis[:, ez]
+                    out["sigma_easy"] = (sd[:, ez] * ve).sum() / ve.sum().clamp(min=1)
                 out["oks_dcc"] = pose_oks(kcc.detach(), gt_kpts, gt_vis, areas, sig_oks).mean()
+                out["oks_reg"] = pose_oks(kreg.detach(), gt_kpts, gt_vis, areas, sig_oks).mean()
+                out["iou"] = box_iou_torch(box.detach(), t["boxes"], aligned=True).mean()
+                out["score_pos"] = cls.detach()[pos].sigmoid().mean()
         else:
             for k in ("loss_bbox", "loss_vis", "loss_mle", "loss_oks"):
                 out[k] = zero

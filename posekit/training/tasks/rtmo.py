@@ -51,6 +51,17 @@ _TASK_OPTIONS = ("loss", "switch_epoch", "switch", "assigner", "score_thr", "nms
 PAD_VALUE = 114
 
 
+#: the keypoints whose predicted DCC sigma is logged as ``train/sigma_easy``: the torso joints (large joints,
+#: visible in front views, with wide OKS tolerances)
+EASY_KEYPOINT_NAMES = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+
+
+def easy_keypoint_indices(schema) -> tuple[int, ...]:
+    """Indices of :data:`EASY_KEYPOINT_NAMES` present in ``schema`` (empty when none is)."""
+    names = list(schema.keypoints)
+    return tuple(names.index(n) for n in EASY_KEYPOINT_NAMES if n in names)
+
+
 # ------------------------------------------------------------------------------------------------ augmentation
 def mosaic4(samples: list[dict], out_size, center) -> dict:
     """Four bottom-up samples on one ``(2w, 2h)`` canvas (``out_size = (w, h)``), filled with 114.
@@ -237,6 +248,7 @@ class RTMOTask(TrainTask):
         self.assigner = None
         self.score_thr, self.nms_thr = 0.1, 0.65
         self._criterion = None
+        self.easy_keypoints: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ options
     def _task_options(self, cfg) -> None:
@@ -293,6 +305,7 @@ class RTMOTask(TrainTask):
         base = CocoPoseDataset(cfg.data.train_ann, cfg.data.train_images, mode="bottomup", seed=cfg.seed,
                                min_keypoints=int(o["min_keypoints"]))
         self.num_keypoints = base.schema.num_keypoints
+        self.easy_keypoints = easy_keypoint_indices(base.schema)
         self.sigmas = list(base.schema.sigmas) if base.schema.sigmas is not None else None
         self.train_set = RTMOTrainSet(base, self.input_size, o)
         val = None
@@ -351,7 +364,7 @@ class RTMOTask(TrainTask):
 
         net = unwrap_model(model)
         if self._criterion is None or self._criterion.head is not net.head:
-            self._criterion = RTMOCriterion(net.head, self.assigner)
+            self._criterion = RTMOCriterion(net.head, self.assigner, easy_keypoints=self.easy_keypoints)
         raw = model(batch["image"], with_kpt_offsets=True)
         epoch = self.train_set.epoch if self.train_set is not None else 0
         w = self.weights_at(epoch)
