@@ -28,6 +28,7 @@ from .weights import load_weights
 
 __all__ = [
     "TOPDOWN_PRESETS", "TOPDOWN_URLS", "build_topdown", "build_simplebaseline", "build_vitpose", "build_rtmpose",
+    "build_rtmpose_nano", "TOPDOWN_CPU_PRESETS",
     "topdown_from_mmpose_config", "build_topdown_from_mmpose_meta", "load_topdown_weights",
 ]
 
@@ -124,6 +125,30 @@ def build_rtmpose(size: str = "m", schema: str = "coco17", input_size=(192, 256)
     return TopDownModel(backbone, head, codec, flip_index=_flip_index(schema), preset=preset, url=url)
 
 
+def build_rtmpose_nano(schema: str = "coco17", input_size=(96, 128), deepen_factor: float = 0.167,
+                       widen_factor: float = 0.25, hidden_dims: int = 64, s: int = 64, final_layer_kernel: int = 7,
+                       sigma=None, preset: Optional[str] = None, url: Optional[str] = None) -> TopDownModel:
+    """A reduced RTMPose for CPU training (no official weights): CSPNeXt P5 (``deepen_factor``, ``widen_factor``;
+    stride 32) + RTMCC head (GAU ``hidden_dims``, ``s``), SimCC split ratio 2, any ``input_size = (W, H)``
+    (the head sees a ``ceil(W / 32) x ceil(H / 32)`` feature map). ``sigma`` (bins, ``(sx, sy)`` or a float) defaults to RTMPose's (4.9, 5.66) at 192x256
+    scaled linearly with the input size."""
+    from .backbones.cspnext import cspnext_out_channels
+
+    k = get_schema(schema).num_keypoints
+    W, H = (int(v) for v in input_size)
+    if W < 32 or H < 32:
+        raise ValueError(f"rtmpose-nano input_size must be at least 32x32 (W, H), got {tuple(input_size)}")
+    if sigma is None:
+        sigma = RTMPOSE_SIMCC_SIGMA.get((W, H), (4.9 * W / 192.0, 5.66 * H / 256.0))
+    backbone = CSPNeXt("P5", deepen_factor, widen_factor, 0.5, out_indices=(4,), channel_attention=True, bn_eps=1e-5,
+                       bn_momentum=0.1)
+    cin = cspnext_out_channels(widen_factor)[-1]
+    head = RTMCCHead(cin, k, (W, H), (-(-W // 32), -(-H // 32)), 2.0, final_layer_kernel, hidden_dims=hidden_dims, s=s,
+                     expansion_factor=2, dropout_rate=0.0, act="silu", use_rel_bias=False, pos_enc=False)
+    codec = SimCCCodec((W, H), sigma, 2.0, normalize=False)
+    return TopDownModel(backbone, head, codec, flip_index=_flip_index(schema), preset=preset, url=url)
+
+
 def _preset(builder: Callable, name: str, **kw) -> Callable[..., TopDownModel]:
     def make(**overrides) -> TopDownModel:
         args = dict(kw)
@@ -147,6 +172,12 @@ for _s in "sblh":
                                                       decoder="simple")
 for _s in "tsml":
     TOPDOWN_PRESETS[f"rtmpose-{_s}"] = _preset(build_rtmpose, f"rtmpose-{_s}", size=_s)
+
+#: reduced configurations without official weights, for CPU training runs (not in :data:`TOPDOWN_PRESETS`,
+#: which lists the official MMPose configurations): ``rtmpose-nano`` (not MMPose's "rtmpose-tiny" = rtmpose-t).
+TOPDOWN_CPU_PRESETS: Dict[str, Callable[..., TopDownModel]] = {
+    "rtmpose-nano": lambda **kw: build_rtmpose_nano(**{"preset": "rtmpose-nano", **kw}),
+}
 
 
 def build_topdown(name: str, weights=None, **overrides) -> TopDownModel:
