@@ -13,7 +13,7 @@ from posekit.codecs.simcc import (
     get_simcc_maximum,
     simcc_codec_from_mmpose,
 )
-from posekit.losses_topdown import KLDiscretLoss, keypoint_mse_loss, kl_discret_loss
+from posekit.losses.topdown import KLDiscretLoss, keypoint_mse_loss, kl_discret_loss
 from posekit.models.topdown import flip_simcc
 from posekit.schema import get_schema
 from tests.conftest import shared_path

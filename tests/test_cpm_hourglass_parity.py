@@ -11,7 +11,7 @@ import torch
 
 from conftest import shared_path
 from posekit.codecs.heatmap import HeatmapCodec
-from posekit.losses_stage import StageL2Loss, keypoint_mse, stage_l2_loss
+from posekit.losses.stage import StageL2Loss, keypoint_mse, stage_l2_loss
 from posekit.models.backbones.hourglass import HourglassNet
 from posekit.models.topdown import flip_heatmaps
 from posekit.models.topdown_presets_stage import (

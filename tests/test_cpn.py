@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from posekit.losses_stage import CPNLoss, cpn_loss, keypoint_mse, keypoint_ohkm_losses, ohkm_loss
+from posekit.losses.stage import CPNLoss, cpn_loss, keypoint_mse, keypoint_ohkm_losses, ohkm_loss
 from posekit.models.cpn import GlobalNet, RefineBottleneck, RefineNet
 from posekit.models.topdown_presets_stage import STAGE_PRESETS, build_stage_model, cpn_global_codecs
 

@@ -8,7 +8,7 @@
 * :class:`RefineNet` -- each pyramid feature goes through ``blocks[i]`` bottleneck blocks (more on the deeper
   levels: ``(3, 2, 1, 0)`` from C5 to C2), is upsampled to the heatmap size, and all levels are concatenated;
   one more bottleneck and a 3x3 conv + BN predict the final heatmaps. Trained with online hard keypoint
-  mining (:func:`posekit.losses_stage.ohkm_loss`).
+  mining (:func:`posekit.losses.stage.ohkm_loss`).
 
 Level order everywhere in this module: **deepest (C5) first**, as the paper's code. Shapes: backbone features
 ``[(B, C_i, h_i, w_i)]``; outputs ``(B, K, H, W)`` at ``heatmap_size = (W, H)`` (stride 4 for 256x192 input).

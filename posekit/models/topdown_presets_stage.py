@@ -13,7 +13,7 @@ head returns every stage:
 
 Forward output (``model(x)``, ``x`` normalised RGB crops ``(B, 3, H, W)``): ``"backbone"`` (backbone
 outputs), ``"heatmaps"`` (the last stage, used by decoding and the flip test), ``"stage_heatmaps"`` (every
-stage / stack, for :func:`posekit.losses_stage.stage_l2_loss`) and, for CPN, ``"global_heatmaps"`` (GlobalNet
+stage / stack, for :func:`posekit.losses.stage.stage_l2_loss`) and, for CPN, ``"global_heatmaps"`` (GlobalNet
 levels, deepest first; the RefineNet output is ``"heatmaps"``). ``model.decode(raw)`` gives keypoints in
 model-input pixels (MSRA heatmap decoding of the last stage).
 

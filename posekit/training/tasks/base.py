@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -65,3 +65,19 @@ class TrainTask(ABC):
     def batch_size_of(self, batch: Any) -> int | None:
         """Number of images in a batch, for the images/s readout (None: the engine counts sampler indices)."""
         return None
+
+
+def merge_data_options(task: str, given: Mapping, defaults: Mapping) -> dict:
+    """A task's ``data.options``: ``defaults`` updated with ``given``; unknown keys and a bad ``scale_range``
+    (when the task has one) are errors naming the key."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown data.options key(s) for task {task!r}: {sorted(unknown)} "
+                         f"(known: {', '.join(sorted(defaults))})")
+    out = {**defaults, **given}
+    if "scale_range" in out:
+        lo, hi = (float(v) for v in out["scale_range"])
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.options.scale_range must be 0 < lo <= hi, got {out['scale_range']!r}")
+        out["scale_range"] = (lo, hi)
+    return out

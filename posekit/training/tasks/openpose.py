@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posekit.training.tasks.base import TrainTask
+from posekit.training.tasks.base import TrainTask, merge_data_options
 
 __all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "SYNTH_EASY", "eval_params_for", "make_synthetic_splits"]
 
@@ -95,16 +95,7 @@ class OpenPoseTask(TrainTask):
 
     # ------------------------------------------------------------------ data
     def _options(self, cfg) -> dict:
-        opts = dict(cfg.data.options)
-        unknown = set(opts) - set(_DATA_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown data.options key(s) for task 'openpose': {sorted(unknown)} "
-                             f"(known: {', '.join(sorted(_DATA_OPTIONS))})")
-        out = {**_DATA_OPTIONS, **opts}
-        lo, hi = (float(v) for v in out["scale_range"])
-        if not 0 < lo <= hi:
-            raise ValueError(f"data.options.scale_range must be 0 < lo <= hi, got {out['scale_range']!r}")
-        out["scale_range"] = (lo, hi)
+        out = merge_data_options("openpose", dict(cfg.data.options), _DATA_OPTIONS)
         if not out["sigma"] > 0:
             raise ValueError(f"data.options.sigma must be > 0, got {out['sigma']!r}")
         return out

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posekit.training.tasks.base import TrainTask
+from posekit.training.tasks.base import TrainTask, merge_data_options
 
 __all__ = ["RTMOTask", "RTMOTrainSet", "mosaic4", "letterbox_batch", "torch_rtmo_predict"]
 
@@ -275,16 +275,7 @@ class RTMOTask(TrainTask):
         self.nms_thr = float(t.get("nms_thr", 0.65))
 
     def _data_options(self, cfg) -> dict:
-        opts = dict(cfg.data.options)
-        unknown = set(opts) - set(_DATA_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown data.options key(s) for task 'rtmo': {sorted(unknown)} "
-                             f"(known: {', '.join(sorted(_DATA_OPTIONS))})")
-        o = {**_DATA_OPTIONS, **opts}
-        lo, hi = (float(v) for v in o["scale_range"])
-        if not 0 < lo <= hi:
-            raise ValueError(f"data.options.scale_range must be 0 < lo <= hi, got {o['scale_range']!r}")
-        o["scale_range"] = (lo, hi)
+        o = merge_data_options("rtmo", dict(cfg.data.options), _DATA_OPTIONS)
         for k in ("flip_prob", "mosaic_prob", "mixup_prob"):
             if not 0.0 <= float(o[k]) <= 1.0:
                 raise ValueError(f"data.options.{k} must be in [0, 1], got {o[k]!r}")

@@ -14,11 +14,11 @@
 
   - ``global_heatmaps`` (CPN): GlobalNet L2 at every pyramid level (summed; targets with
     ``CPNConfig.global_sigmas``) + RefineNet online hard keypoint mining (``topk``),
-    :func:`posekit.losses_stage.cpn_loss`;
+    :func:`posekit.losses.stage.cpn_loss`;
   - ``stage_heatmaps`` (CPM, Hourglass): the L2 of every stage / stack, summed (``F = sum_t f_t``: CPM's
-    objective, the Hourglass intermediate supervision), :func:`posekit.losses_stage.stage_l2_loss`;
-  - ``heatmaps`` (SimpleBaseline, ViTPose): keypoint MSE, :func:`posekit.losses_topdown.keypoint_mse_loss`;
-  - ``pred_x`` / ``pred_y`` (RTMPose): SimCC KL loss (:func:`~posekit.losses_topdown.kl_discret_loss`, RTMPose's
+    objective, the Hourglass intermediate supervision), :func:`posekit.losses.stage.stage_l2_loss`;
+  - ``heatmaps`` (SimpleBaseline, ViTPose): keypoint MSE, :func:`posekit.losses.topdown.keypoint_mse_loss`;
+  - ``pred_x`` / ``pred_y`` (RTMPose): SimCC KL loss (:func:`~posekit.losses.topdown.kl_discret_loss`, RTMPose's
     beta 10 / label softmax) divided by the batch size (MMPose sums it over the instances).
 
 * Evaluation: the validation people cropped from their ground-truth boxes, the model (flip test by default),
@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from posekit.models.topdown import TopDownModel
-from posekit.training.tasks.base import TrainTask
+from posekit.training.tasks.base import TrainTask, merge_data_options
 
 __all__ = ["TopDownTask", "MultiDecoderTopDown", "GroupedDatasets", "build_topdown_for_training",
            "heatmap_stride", "predict_crops", "init_heatmap_outputs", "make_synthetic_splits", "EASY_SYNTH"]
@@ -335,16 +335,7 @@ class TopDownTask(TrainTask):
 
     # ------------------------------------------------------------------ options
     def _options(self, cfg) -> dict:
-        opts = dict(cfg.data.options)
-        unknown = set(opts) - set(_DATA_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown data.options key(s) for task 'topdown': {sorted(unknown)} "
-                             f"(known: {', '.join(sorted(_DATA_OPTIONS))})")
-        out = {**_DATA_OPTIONS, **opts}
-        lo, hi = (float(v) for v in out["scale_range"])
-        if not 0 < lo <= hi:
-            raise ValueError(f"data.options.scale_range must be 0 < lo <= hi, got {out['scale_range']!r}")
-        out["scale_range"] = (lo, hi)
+        out = merge_data_options("topdown", dict(cfg.data.options), _DATA_OPTIONS)
         for k in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob"):
             if not 0.0 <= float(out[k]) <= 1.0:
                 raise ValueError(f"data.options.{k} must be in [0, 1], got {out[k]!r}")
@@ -507,8 +498,8 @@ class TopDownTask(TrainTask):
 
     # ------------------------------------------------------------------ loss
     def _loss(self, raw: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        from posekit.losses_stage import cpn_loss, stage_l2_loss
-        from posekit.losses_topdown import keypoint_mse_loss, kl_discret_loss
+        from posekit.losses.stage import cpn_loss, stage_l2_loss
+        from posekit.losses.topdown import keypoint_mse_loss, kl_discret_loss
 
         w = batch["keypoint_weights"]
         if "global_heatmaps" in raw:

@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from posekit.losses import masked_l2
+from posekit.losses.openpose import masked_l2
 
 __all__ = ["keypoint_mse", "stage_l2_loss", "keypoint_ohkm_losses", "ohkm_loss", "cpn_loss", "StageL2Loss",
            "CPNLoss"]
