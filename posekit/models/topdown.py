@@ -170,7 +170,9 @@ class TopDownModel(nn.Module):
             feats = neck(feats)
             out["neck"] = feats
         y = head(feats)
-        if isinstance(self.codecs[key], SimCCCodec):
+        if isinstance(y, Mapping):  # multi-stage heads (CPM, Hourglass, CPN): every named output
+            out.update(y)
+        elif isinstance(self.codecs[key], SimCCCodec):
             out["pred_x"], out["pred_y"] = y
         else:
             out["heatmaps"] = y
@@ -191,7 +193,13 @@ class TopDownModel(nn.Module):
                 for k, v in state_dict.items()}
 
     def forward(self, x: torch.Tensor, decoder: Optional[str] = None) -> Dict[str, Any]:
-        """Raw outputs for normalised crops ``x`` (B, 3, H, W) (see the module docstring)."""
+        """Raw outputs for normalised crops ``x`` (B, 3, H, W) (see the module docstring). ``x`` may also be a dict
+        ``{decoder: crops}``: then it is :meth:`forward_multi` (one backbone pass, each slice to its own decoder), so
+        that a DistributedDataParallel wrapper sees a multi-dataset step as its forward."""
+        if isinstance(x, Mapping):
+            if decoder is not None:
+                raise ValueError("pass either {decoder: crops} or crops with decoder=..., not both")
+            return self.forward_multi(x)
         key = self._key(decoder)
         feats = self.backbone(x)
         if isinstance(feats, torch.Tensor):

@@ -160,18 +160,6 @@ class StageTopDownModel(TopDownModel):
 
     config: Optional[StageConfig] = None
 
-    def _run_head(self, key, feats, out: dict) -> dict:
-        neck, head = self._parts(key)
-        if neck is not None:
-            feats = neck(feats)
-            out["neck"] = feats
-        y = head(feats)
-        if isinstance(y, Mapping):
-            out.update(y)
-        else:
-            out["heatmaps"] = y
-        return out
-
 
 def _flip_index(cfg: StageConfig, channels: int) -> Optional[List[int]]:
     if cfg.schema is None:

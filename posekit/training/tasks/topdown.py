@@ -82,33 +82,8 @@ _DATASET_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
 
 # ------------------------------------------------------------------------------------------------ models
 class MultiDecoderTopDown(TopDownModel):
-    """A :class:`TopDownModel` with several decoders whose ``forward`` also takes ``{decoder: crops}`` (then it is
-    :meth:`~TopDownModel.forward_multi`: one backbone pass, each slice to its own decoder), so that a
-    DistributedDataParallel wrapper sees the multi-dataset step as its forward. Heads may return heatmaps, SimCC
-    ``(pred_x, pred_y)`` or a dict of outputs (multi-stage heads)."""
-
-    def forward(self, x, decoder=None):
-        if isinstance(x, Mapping):
-            if decoder is not None:
-                raise ValueError("pass either {decoder: crops} or crops with decoder=..., not both")
-            return self.forward_multi(x)
-        return super().forward(x, decoder)
-
-    def _run_head(self, key, feats, out: dict) -> dict:
-        from posekit.codecs.simcc import SimCCCodec
-
-        neck, head = self._parts(key)
-        if neck is not None:
-            feats = neck(feats)
-            out["neck"] = feats
-        y = head(feats)
-        if isinstance(y, Mapping):
-            out.update(y)
-        elif isinstance(self.codecs[key], SimCCCodec):
-            out["pred_x"], out["pred_y"] = y
-        else:
-            out["heatmaps"] = y
-        return out
+    """A :class:`TopDownModel` with several decoders, one per training dataset: ``forward({decoder: crops})`` runs
+    the backbone once and routes each slice to its own decoder (:meth:`TopDownModel.forward_multi`)."""
 
 
 def _family(name: str) -> str:
