@@ -21,6 +21,17 @@ COMMANDS = {
 }
 
 
+def parse_size(text: str, flag: str, minimum: int, example: str) -> tuple[int, int]:
+    """``"WxH"`` -> ``(w, h)``; a clear error naming ``flag`` for anything else or a side below ``minimum``."""
+    try:
+        w, h = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{flag} must be WxH with positive integers (e.g. {example}), got {text!r}") from None
+    if w < minimum or h < minimum:
+        raise ValueError(f"{flag} must be WxH with both sides at least {minimum} pixels, got {text!r}")
+    return w, h
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posekit",

@@ -11,14 +11,9 @@ import argparse
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--input-size must be WxH with positive integers (e.g. 192x192), got {text!r}") from None
-    if w < 8 or h < 8:
-        raise ValueError(f"--input-size must be WxH with both sides at least 8 pixels, got {text!r}")
-    return w, h
+    from posekit.cli import parse_size
+
+    return parse_size(text, "--input-size", 8, "192x192")
 
 
 def add_parser(subparsers) -> None:

@@ -6,14 +6,9 @@ import argparse
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--size must be WxH with positive integers (e.g. 256x256), got {text!r}") from None
-    if w < 16 or h < 16:
-        raise ValueError(f"--size must be WxH with both sides at least 16 pixels, got {text!r}")
-    return w, h
+    from posekit.cli import parse_size
+
+    return parse_size(text, "--size", 16, "256x256")
 
 
 def add_parser(subparsers) -> None:
