@@ -1,7 +1,7 @@
 """Longer top-down training runs on easy synthetic data: COCO AP on held-out crops before and after, per family.
 
     python bench/train_topdown_synth.py [--family all|simplebaseline|vitpose|rtmpose|cpm|hourglass|cpn|vitpose-multi]
-        [--steps 600] [--train-images 1000] [--val-images 60] [--seeds 0] [--threads 2] [--out runs/topdown-synth]
+        [--steps N] [--train-images 1000] [--val-images 60] [--seeds 0] [--threads 1] [--out runs/topdown-synth]
 
 For each family it loads ``configs/topdown-<family>-synth.yaml``, points it at data made by
 :func:`posekit.training.tasks.topdown.make_synthetic_splits` (one front-facing person per 128x128 image, plain
@@ -45,7 +45,8 @@ def run(family: str, args, seed: int) -> dict:
     else:
         for k, v in coco.items():
             setattr(cfg.data, k, v)
-    cfg.max_steps, cfg.seed, cfg.progress = args.steps, seed, False
+    cfg.max_steps = args.steps or cfg.max_steps  # default: the light configuration's own length
+    cfg.seed, cfg.progress = seed, False
     cfg.eval.every_epochs = 1000  # once, at the end
     cfg.out_dir = str(out / f"{family}-seed{seed}")
     task = TopDownTask()
@@ -61,11 +62,11 @@ def run(family: str, args, seed: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", default="all")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the config's max_steps)")
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--val-images", type=int, default=60)
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two spin-wait on a shared 2-core CPU)")
     ap.add_argument("--out", default="runs/topdown-synth")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -119,6 +119,39 @@ def test_targets_and_loss_of_every_family(tiny_data, tmp_path, family):
     assert sum(int(g is not None and bool(g.abs().sum() > 0)) for g in grads) > 0.9 * len(grads)
 
 
+def test_heads_start_from_mmpose_init(tiny_data, tmp_path):
+    """Training builds give the heads MMPose's default init: RTMCC Linear layers N(0, 0.01), so the SimCC logits
+    (times the loss's beta 10) start near uniform instead of near one-hot; HeatmapHead convs N(0, 0.001)."""
+    cfg = _cfg(tiny_data, "rtmpose", tmp_path)
+    task, train, val, model = _setup(cfg)
+    head = model.head
+    for lin in (head.mlp[1], head.gau.uv, head.gau.o, head.cls_x, head.cls_y):
+        assert float(lin.weight.std()) == pytest.approx(0.01, rel=0.1)
+    model.eval()
+    with torch.no_grad():
+        raw = model(task.collate([val[0]])["image"])
+    assert float(raw["pred_x"].abs().max()) * 10 < 1.0  # beta * logit: the softmax over bins starts near uniform
+    # the light configuration reads CSPNeXt at stride 8 (8x8 per keypoint at 64 px); later stages are dropped
+    assert head.in_featuremap_size == (8, 8) and not hasattr(model.backbone, "stage3")
+    cfg = _cfg(tiny_data, "simplebaseline", tmp_path)
+    model = _setup(cfg)[3]
+    convs = [m for m in model.head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convs and all(float(c.weight.std()) == pytest.approx(0.001, rel=0.2) for c in convs)
+
+
+def test_rtmpose_nano_out_stride():
+    from posekit.models.topdown_presets import build_rtmpose_nano
+
+    for stride, fm in ((32, (2, 2)), (16, (4, 4)), (8, (8, 8))):
+        m = build_rtmpose_nano(input_size=(64, 64), out_stride=stride).eval()
+        assert m.head.in_featuremap_size == fm
+        with torch.no_grad():
+            out = m(torch.zeros(1, 3, 64, 64))
+        assert out["pred_x"].shape == (1, 17, 128) and out["backbone"][0].shape[-2:] == fm
+    with pytest.raises(ValueError, match="out_stride"):
+        build_rtmpose_nano(input_size=(64, 64), out_stride=4)
+
+
 class _Replay(torch.nn.Module):
     """A 'network' that outputs given tensors (the codec targets of the crops)."""
 
@@ -276,8 +309,9 @@ def test_multi_dataset_batches_route_each_sample_to_its_decoder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- training runs
-#: optimiser steps of the short runs (batch 16) and the bar; POSEKIT_TOPDOWN_STEPS changes the length
-STEPS = int(os.environ.get("POSEKIT_TOPDOWN_STEPS", "300"))
+#: optimiser steps of the short runs (batch 16): each light configuration's ``max_steps``, or
+#: POSEKIT_TOPDOWN_STEPS for all of them; and the bar
+STEPS = int(os.environ["POSEKIT_TOPDOWN_STEPS"]) if os.environ.get("POSEKIT_TOPDOWN_STEPS") else None
 AP_BAR = 0.5
 _RUNS: dict = {}
 
@@ -288,13 +322,14 @@ def synth_data(tmp_path_factory):
 
 
 def _train(family: str, data: dict, out_dir) -> dict:
-    """Train the light configuration of ``family`` for STEPS steps (once per session); AP before and after."""
+    """Train the light configuration of ``family`` (once per session); AP before and after."""
     from posekit.training.trainer import train
 
     if family not in _RUNS:
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        cfg = _cfg(data, family, out_dir, max_steps=STEPS, batch_size=16)
-        cfg.data.options = dict(load_config(CONFIGS / f"topdown-{family}-synth.yaml").data.options)
+        torch.set_num_threads(1)  # two threads spin-wait on a shared 2-core machine (several times slower)
+        light = load_config(CONFIGS / f"topdown-{family}-synth.yaml")
+        cfg = _cfg(data, family, out_dir, max_steps=STEPS or light.max_steps, batch_size=16)
+        cfg.data.options = dict(light.data.options)
         task = TopDownTask()
         _, val = task.build_datasets(cfg)
         torch.manual_seed(cfg.seed)
@@ -305,21 +340,8 @@ def _train(family: str, data: dict, out_dir) -> dict:
     return _RUNS[family]
 
 
-#: measured AP on 40 held-out crops (bench/train_topdown_synth.py, 400 training images, seed 0) of the families
-#: that do NOT reach the bar yet in the short run: they are expected failures until a better light recipe is found
-#: (the test still runs them and prints the AP; strict=False so that an improvement passes).
-BELOW_BAR = {
-    "simplebaseline": "AP 0.26 after 300 steps",
-    "vitpose": "AP 0.28 after 300 steps at 128 px input (0.45 after 600); 0.09 at 64 px",
-    "rtmpose": "AP 0.10 after 300 steps; no tried recipe change (sigma, label softmax, lr, init, 128 px) helps",
-    "cpm": "AP 0.25 after 300 steps",
-    "hourglass": "AP 0.42 after 300 steps",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(
-    f in BELOW_BAR, reason=f"short run below AP 0.5: {BELOW_BAR.get(f)}", strict=False)) for f in FAMILIES])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_short_run_from_scratch_reaches_ap(synth_data, tmp_path, family):
     r = _train(family, synth_data, tmp_path / family)
     before, after = r["before"], r["after"]
@@ -344,12 +366,13 @@ def test_cpn_refinenet_beats_globalnet_on_held_out_data(synth_data, tmp_path):
 def test_vitpose_multi_dataset_training_improves_both_decoders(tmp_path):
     from posekit.training.trainer import train
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)
     coco = make_synthetic_splits(tmp_path / "coco", 300, 30, seed=5, schema="coco17")
     mpii = make_synthetic_splits(tmp_path / "mpii", 300, 30, seed=9, schema="mpii16")
     cfg = load_config(CONFIGS / "topdown-vitpose-multi-synth.yaml")
     cfg.data.options["datasets"] = {"coco": coco, "mpii": mpii}
-    cfg.max_steps, cfg.out_dir, cfg.progress, cfg.eval.every_epochs = STEPS, str(tmp_path / "run"), False, 1000
+    cfg.max_steps = STEPS or cfg.max_steps
+    cfg.out_dir, cfg.progress, cfg.eval.every_epochs = str(tmp_path / "run"), False, 1000
     task = TopDownTask()
     _, val = task.build_datasets(cfg)
     torch.manual_seed(cfg.seed)

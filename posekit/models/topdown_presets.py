@@ -127,11 +127,15 @@ def build_rtmpose(size: str = "m", schema: str = "coco17", input_size=(192, 256)
 
 def build_rtmpose_nano(schema: str = "coco17", input_size=(96, 128), deepen_factor: float = 0.167,
                        widen_factor: float = 0.25, hidden_dims: int = 64, s: int = 64, final_layer_kernel: int = 7,
-                       sigma=None, preset: Optional[str] = None, url: Optional[str] = None) -> TopDownModel:
-    """A reduced RTMPose for CPU training (no official weights): CSPNeXt P5 (``deepen_factor``, ``widen_factor``;
-    stride 32) + RTMCC head (GAU ``hidden_dims``, ``s``), SimCC split ratio 2, any ``input_size = (W, H)``
-    (the head sees a ``ceil(W / 32) x ceil(H / 32)`` feature map). ``sigma`` (bins, ``(sx, sy)`` or a float) defaults to RTMPose's (4.9, 5.66) at 192x256
-    scaled linearly with the input size."""
+                       sigma=None, out_stride: int = 32, preset: Optional[str] = None,
+                       url: Optional[str] = None) -> TopDownModel:
+    """A reduced RTMPose for CPU training (no official weights): CSPNeXt P5 (``deepen_factor``, ``widen_factor``)
+    + RTMCC head (GAU ``hidden_dims``, ``s``), SimCC split ratio 2, any ``input_size = (W, H)``.
+
+    ``out_stride`` (32, 16 or 8) picks the CSPNeXt stage the head reads (32: the last, as RTMPose does); the head
+    flattens a ``ceil(W / stride) x ceil(H / stride)`` map per keypoint, so small inputs need a smaller stride
+    (RTMPose's 192x256 gives 6x8 = 48 values; 64x64 at stride 32 would give only 2x2). ``sigma`` (bins,
+    ``(sx, sy)`` or a float) defaults to RTMPose's (4.9, 5.66) at 192x256 scaled linearly with the input size."""
     from .backbones.cspnext import cspnext_out_channels
 
     k = get_schema(schema).num_keypoints
@@ -140,11 +144,18 @@ def build_rtmpose_nano(schema: str = "coco17", input_size=(96, 128), deepen_fact
         raise ValueError(f"rtmpose-nano input_size must be at least 32x32 (W, H), got {tuple(input_size)}")
     if sigma is None:
         sigma = RTMPOSE_SIMCC_SIGMA.get((W, H), (4.9 * W / 192.0, 5.66 * H / 256.0))
-    backbone = CSPNeXt("P5", deepen_factor, widen_factor, 0.5, out_indices=(4,), channel_attention=True, bn_eps=1e-5,
-                       bn_momentum=0.1)
-    cin = cspnext_out_channels(widen_factor)[-1]
-    head = RTMCCHead(cin, k, (W, H), (-(-W // 32), -(-H // 32)), 2.0, final_layer_kernel, hidden_dims=hidden_dims, s=s,
-                     expansion_factor=2, dropout_rate=0.0, act="silu", use_rel_bias=False, pos_enc=False)
+    index = {32: 4, 16: 3, 8: 2}.get(int(out_stride))
+    if index is None:
+        raise ValueError(f"rtmpose-nano out_stride must be 32, 16 or 8, got {out_stride!r}")
+    backbone = CSPNeXt("P5", deepen_factor, widen_factor, 0.5, out_indices=(index,), channel_attention=True,
+                       bn_eps=1e-5, bn_momentum=0.1)
+    for name in backbone.layers[index + 1:]:  # the stages after the one read by the head
+        delattr(backbone, name)
+    backbone.layers = backbone.layers[:index + 1]
+    cin = cspnext_out_channels(widen_factor)[index]
+    st = int(out_stride)
+    head = RTMCCHead(cin, k, (W, H), (-(-W // st), -(-H // st)), 2.0, final_layer_kernel, hidden_dims=hidden_dims,
+                     s=s, expansion_factor=2, dropout_rate=0.0, act="silu", use_rel_bias=False, pos_enc=False)
     codec = SimCCCodec((W, H), sigma, 2.0, normalize=False)
     return TopDownModel(backbone, head, codec, flip_index=_flip_index(schema), preset=preset, url=url)
 

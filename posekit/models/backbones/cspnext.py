@@ -157,4 +157,6 @@ class CSPNeXt(nn.Module):
             x = getattr(self, name)(x)
             if i in self.out_indices:
                 outs.append(x)
+            if i == max(self.out_indices):  # later stages (if any were kept) feed nothing
+                break
         return tuple(outs)

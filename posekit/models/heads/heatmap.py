@@ -107,6 +107,20 @@ class HeatmapHead(nn.Module):
             self.final_layer = nn.Identity()
         self.out_channels = out_channels
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """MMPose's ``default_init_cfg`` of ``HeatmapHead`` (and SimpleBaseline's original init), for training from
+        scratch: every ``Conv2d`` / ``ConvTranspose2d`` ``N(0, 0.001)`` with zero bias, every ``BatchNorm2d``
+        scale 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, std=0.001)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
     def forward(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         x = feats if isinstance(feats, torch.Tensor) else feats[-1]
         return self.final_layer(self.conv_layers(self.deconv_layers(x)))

@@ -147,6 +147,10 @@ def build_topdown_for_training(name: str, schema, input_size, overrides: Mapping
     if stride is not None and "heatmap_size" not in overrides:
         _check_heatmap_size(model, name, (w, h), stride)
     init_heatmap_outputs(model, schema.num_keypoints)
+    heads = model.head.values() if isinstance(model.head, nn.ModuleDict) else [model.head]
+    for head in heads:  # MMPose's own head init (HeatmapHead, RTMCCHead)
+        if hasattr(head, "init_weights"):
+            head.init_weights()
     model.preset = name
     return model
 
