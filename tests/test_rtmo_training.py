@@ -218,3 +218,61 @@ def test_overfit_run_reaches_ap_mle_falls_sigma_shrinks(tmp_path):
     assert np.mean(oks[-10:]) > 0.8
     # measured AP 0.78 (this data seed) and 0.47 (seed 5); before training ~0
     assert res["last_eval"]["AP"] >= 0.4
+
+
+# ------------------------------------------------------------------------------------------------ held-out run
+#: measured held-out AP of the recipe (configs/rtmo-tiny-synth.yaml, 400 steps) and of every variant tried: see
+#: docs/rtmo.md, "What a short CPU run reaches"
+HELD_OUT_BELOW_BAR = ("held-out AP of the 400-step CPU recipe measured 0.000 (variants 0.000-0.008; box IoU of the "
+                      "positives ~0.7, DCC OKS ~0.3: detector + DCC not learned in CPU minutes); bar 0.5 not reached")
+
+
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory):
+    """The recipe of configs/rtmo-tiny-synth.yaml trained once from scratch on 800 SYNTH_EASY images (one
+    front-facing person, 128x192), evaluated on 30 held-out images (~7.5 min with one thread; measured: AP 0.000 ->
+    0.000, MLE -1.22 -> -2.88, sigma_easy 0.087 -> peak 0.123 -> 0.071, positives' box IoU 0.70, DCC OKS 0.30)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_rtmo_synth", Path(__file__).resolve().parents[1] / "bench" / "train_rtmo_synth.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tmp = tmp_path_factory.mktemp("rtmo_held_out")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two
+    try:
+        data = bench.make_data(tmp / "data", num_train=800, num_val=30, seed=12)
+        r = bench.run_recipe(data, tmp / "run")
+    finally:
+        torch.set_num_threads(threads)
+    r = {**r, **{k: np.array([x for _, x in r[k]]) for k in ("loss_mle", "sigma_easy", "oks_dcc", "iou")}}
+    print(f"held-out ({r['num_val']} images) AP {r['before']['AP']:.3f} -> {r['after']['AP']:.3f} (AP50 "
+          f"{r['after']['AP50']:.3f}) after {r['steps']} steps in {r['seconds']:.0f} s; MLE {r['loss_mle'][:10].mean():.2f} "
+          f"-> {r['loss_mle'][-10:].mean():.2f}; sigma_easy {r['sigma_easy'][:5].mean():.4f} -> peak "
+          f"{r['sigma_easy'].max():.4f} -> {r['sigma_easy'][-10:].mean():.4f}; positives: box IoU "
+          f"{r['iou'][-10:].mean():.2f}, DCC OKS {r['oks_dcc'][-10:].mean():.2f}")
+    return r
+
+
+@pytest.mark.slow
+def test_held_out_run_mle_falls_and_sigma_shrinks(held_out_run):
+    """The logged half of the acceptance line on the held-out recipe: from an untrained model (AP ~0), the MLE loss
+    falls and the predicted sigma of the torso keypoints shrinks after its early rise."""
+    r = held_out_run
+    assert r["steps"] == 400 and r["num_val"] == 30
+    assert r["before"]["AP"] < 0.05
+    mle, sig = r["loss_mle"], r["sigma_easy"]
+    assert np.isfinite(mle).all() and np.isfinite(sig).all()
+    assert mle[-10:].mean() < mle[:10].mean() - 1.0  # measured -1.22 -> -2.88
+    assert sig[-10:].mean() < 0.8 * sig.max()  # measured 0.0873 -> peak 0.1233 -> 0.0714
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason=HELD_OUT_BELOW_BAR, strict=False)
+def test_held_out_run_from_scratch_reaches_ap(held_out_run):
+    """The issue's bar: held-out AP from < 0.05 to >= 0.5 (not reached by any recipe tried, see docs/rtmo.md)."""
+    r = held_out_run
+    assert r["before"]["AP"] < 0.05
+    assert r["after"]["AP"] >= 0.5, f"held-out AP {r['after']['AP']:.3f} after {r['steps']} steps"
