@@ -309,7 +309,7 @@ def test_multi_dataset_batches_route_each_sample_to_its_decoder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- training runs
-#: optimiser steps of the short runs (batch 16): each light configuration's ``max_steps``, or
+#: optimiser steps of the short runs: each light configuration's ``max_steps`` (and ``batch_size``), or
 #: POSEKIT_TOPDOWN_STEPS for all of them; and the bar
 STEPS = int(os.environ["POSEKIT_TOPDOWN_STEPS"]) if os.environ.get("POSEKIT_TOPDOWN_STEPS") else None
 AP_BAR = 0.5
@@ -328,7 +328,7 @@ def _train(family: str, data: dict, out_dir) -> dict:
     if family not in _RUNS:
         torch.set_num_threads(1)  # two threads spin-wait on a shared 2-core machine (several times slower)
         light = load_config(CONFIGS / f"topdown-{family}-synth.yaml")
-        cfg = _cfg(data, family, out_dir, max_steps=STEPS or light.max_steps, batch_size=16)
+        cfg = _cfg(data, family, out_dir, max_steps=STEPS or light.max_steps, batch_size=light.batch_size)
         cfg.data.options = dict(light.data.options)
         task = TopDownTask()
         _, val = task.build_datasets(cfg)
