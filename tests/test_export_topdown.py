@@ -114,7 +114,10 @@ def test_onnx_reproduces_pytorch_outputs_and_keypoints(exported, name):
         got = dict(zip(names, sess.run(names, {"input": x[:n]})))
         for k in names:
             assert got[k].shape == want[k][:n].shape
-            np.testing.assert_allclose(got[k], want[k][:n], rtol=0, atol=1e-4)
+            # 1e-4 relative to the output's scale (as the parity tests): the random-weight RTMPose-t's logits
+            # reach ~6, where onnxruntime and PyTorch differ by up to 1.03e-4 with one thread (float32 noise)
+            scale = max(1.0, float(np.abs(want[k][:n]).max()))
+            assert float(np.abs(got[k] - want[k][:n]).max()) <= 1e-4 * scale, (k, n)
     got = dict(zip(names, sess.run(names, {"input": x})))
     # the model's own decoding (codec) of both outputs: same keypoints to 1e-3 px
     if "simcc_x" in names:

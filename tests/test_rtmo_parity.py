@@ -170,7 +170,7 @@ def test_predict_threshold_only_and_empty(ref):
 def test_predict_end_to_end(ref, tag, score_thr, nms_thr):
     """From input.pt through posekit's own network. Raw tensors agree to ~3e-6 relative; the DCC softmax of
     this random-weight model (logits up to ~100) amplifies that float noise on a few ill-conditioned
-    keypoints, so the bound is: 99 % of keypoints within 0.01 px, all within 1 px."""
+    keypoints, so the bound is: 99 % of keypoints within 0.01 px, all within 1 px (see the next test)."""
     out = ref["out"]
     r = ref["model"].decode(ref["raw"], score_thr=score_thr, nms_thr=nms_thr)[0]
     rb = out[f"{tag}.img0.bboxes"].numpy()
@@ -182,6 +182,22 @@ def test_predict_end_to_end(ref, tag, score_thr, nms_thr):
     assert np.median(err) <= 1e-3
     assert err.max() <= 1.0
     assert np.abs(r["scores"] - out[f"{tag}.img0.bbox_scores"].numpy()[j]).max() <= 1e-5
+
+
+def test_end_to_end_keypoints_are_float32_ill_conditioned(ref):
+    """Why the end-to-end bound is on 99 % of keypoints: perturbing input.pt by one float32 rounding step
+    (x * (1 + 1e-7 N(0, 1))) moves posekit's *own* keypoints by up to ~0.6 px (measured 0.60 px max, q99 0.006 px)
+    on this random-weight model, more than they differ from MMPose's (measured 0.19-0.52 px max). No float32
+    implementation can meet 0.01 px on every keypoint of it; the raw tensors and the decode are exact."""
+    m, x = ref["model"], ref["x"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        a = m.decode(m(x), score_thr=0.1, nms_thr=0.65)[0]
+        b = m.decode(m(x * (1 + 1e-7 * torch.randn_like(x))), score_thr=0.1, nms_thr=0.65)[0]
+    j, dbox = _match_by_box(b["boxes"], a["boxes"])
+    self_err = np.abs(b["keypoints"] - a["keypoints"][j]).max(-1)
+    assert self_err.max() > 0.1  # a 1-ulp input change moves some keypoints by far more than 0.01 px
+    assert np.quantile(self_err, 0.99) <= 0.02 and np.median(self_err) <= 1e-3  # ... but only a few
 
 
 def test_batch_decoding_is_per_image(ref):
