@@ -24,15 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "rtmo-tiny-synth.yaml"
 
-#: the reduced-width RTMO used for CPU training on synthetic data (an rtmo-s with a quarter of the widths, small
-#: DCC): about 1.4 M parameters. Same values as ``model.overrides`` in ``configs/rtmo-tiny-synth.yaml``.
-TINY_OVERRIDES = dict(
-    widen_factor=0.25, neck_widen_factor=0.25, hidden_dim=64, num_heads=4, feedforward_channels=128,
-    neck_out_channels=64, head_in_channels=128, head_widen_factor=0.25, cls_feat_channels=128,
-    pose_vec_channels=64, dcc_feat_channels=32, num_bins=[48, 64], spe_channels=32, gau_s=32,
-)
-
-
 def series(out_dir, tag: str) -> list[tuple[int, float]]:
     """``(step, value)`` of one logged scalar of a run."""
     from posekit.training.logging import read_csv_scalars

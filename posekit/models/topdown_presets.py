@@ -149,9 +149,6 @@ def build_rtmpose_nano(schema: str = "coco17", input_size=(96, 128), deepen_fact
         raise ValueError(f"rtmpose-nano out_stride must be 32, 16 or 8, got {out_stride!r}")
     backbone = CSPNeXt("P5", deepen_factor, widen_factor, 0.5, out_indices=(index,), channel_attention=True,
                        bn_eps=1e-5, bn_momentum=0.1)
-    for name in backbone.layers[index + 1:]:  # the stages after the one read by the head
-        delattr(backbone, name)
-    backbone.layers = backbone.layers[:index + 1]
     cin = cspnext_out_channels(widen_factor)[index]
     st = int(out_stride)
     head = RTMCCHead(cin, k, (W, H), (-(-W // st), -(-H // st)), 2.0, final_layer_kernel, hidden_dims=hidden_dims,

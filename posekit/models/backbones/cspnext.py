@@ -110,7 +110,8 @@ class CSPNeXt(nn.Module):
         arch: ``"P5"`` (4 stages) or ``"P6"``.
         deepen_factor, widen_factor: depth / width multipliers.
         expand_ratio: CSP layer hidden ratio (0.5).
-        out_indices: outputs returned (0 = stem, 1.. = stages); RTMPose uses ``(4,)``.
+        out_indices: outputs returned (0 = stem, 1.. = stages); RTMPose uses ``(4,)``. Stages after the last one
+            asked for are not built.
         channel_attention: use :class:`ChannelAttention` in every CSP layer.
         spp_kernel_sizes: max-pool sizes of the last stage's SPP bottleneck.
         act: activation name (``"silu"``).
@@ -140,7 +141,7 @@ class CSPNeXt(nn.Module):
             ConvModule(c0 // 2, c0, 3, **kw),
         )
         self.layers = ["stem"]
-        for i, (cin, cout, n, add_identity, use_spp) in enumerate(settings):
+        for i, (cin, cout, n, add_identity, use_spp) in enumerate(settings[:max(out_indices)]):
             cin, cout = int(cin * widen_factor), int(cout * widen_factor)
             n = max(round(n * deepen_factor), 1)
             stage = [ConvModule(cin, cout, 3, stride=2, **kw)]
@@ -157,6 +158,4 @@ class CSPNeXt(nn.Module):
             x = getattr(self, name)(x)
             if i in self.out_indices:
                 outs.append(x)
-            if i == max(self.out_indices):  # later stages (if any were kept) feed nothing
-                break
         return tuple(outs)
