@@ -19,6 +19,7 @@ import torch.nn.functional as F
 __all__ = [
     "make_act",
     "ConvModule",
+    "DepthwiseSeparableConvModule",
     "ScaleNorm",
     "ChannelWiseScale",
     "Scale",
@@ -77,6 +78,20 @@ class ConvModule(nn.Module):
         if self.activate is not None:
             x = self.activate(x)
         return x
+
+
+class DepthwiseSeparableConvModule(nn.Module):
+    """Depthwise kxk ConvModule (``depthwise_conv``, carrying the stride) then pointwise 1x1 ConvModule
+    (``pointwise_conv``): mmcv's ``DepthwiseSeparableConvModule`` layout."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, **kw) -> None:
+        super().__init__()
+        self.depthwise_conv = ConvModule(in_channels, in_channels, kernel_size, stride=stride, groups=in_channels,
+                                         **kw)
+        self.pointwise_conv = ConvModule(in_channels, out_channels, 1, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_conv(self.depthwise_conv(x))
 
 
 class ScaleNorm(nn.Module):

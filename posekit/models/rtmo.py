@@ -42,7 +42,8 @@ class RTMOConfig:
     """Every size and setting of an RTMO network (field names follow the MMPose config).
 
     Backbone (CSPDarknet): ``deepen_factor``, ``widen_factor``, ``spp_kernel_sizes``, ``backbone_bn_eps``,
-    ``backbone_bn_momentum``. Neck (HybridEncoder): ``neck_deepen_factor``, ``neck_widen_factor``,
+    ``backbone_bn_momentum``, ``backbone_use_depthwise`` (YOLOX-nano's depthwise-separable 3x3 convs). Neck
+    (HybridEncoder): ``neck_deepen_factor``, ``neck_widen_factor``,
     ``hidden_dim``, ``num_heads``, ``feedforward_channels``, ``num_encoder_layers``, ``pe_temperature``,
     ``neck_out_channels`` (ChannelMapper width), ``neck_bn_eps``, ``neck_bn_momentum``. Head:
     ``head_in_channels`` and ``head_widen_factor`` (each branch gets ``int(head_in_channels * head_widen_factor)``
@@ -60,6 +61,7 @@ class RTMOConfig:
     spp_kernel_sizes: Tuple[int, ...] = (5, 9, 13)
     backbone_bn_eps: float = 1e-3
     backbone_bn_momentum: float = 0.03
+    backbone_use_depthwise: bool = False
     # neck
     neck_deepen_factor: float = 0.33
     neck_widen_factor: float = 0.5
@@ -150,7 +152,7 @@ class RTMO(nn.Module):
         self.config = c
         self.backbone = CSPDarknet(c.deepen_factor, c.widen_factor, out_indices=(2, 3, 4),
                                    spp_kernel_sizes=c.spp_kernel_sizes, bn_eps=c.backbone_bn_eps,
-                                   bn_momentum=c.backbone_bn_momentum)
+                                   bn_momentum=c.backbone_bn_momentum, use_depthwise=c.backbone_use_depthwise)
         self.neck = HybridEncoder(
             in_channels=self.backbone.out_channels, hidden_dim=c.hidden_dim, use_encoder_idx=(2,),
             num_encoder_layers=c.num_encoder_layers, num_heads=c.num_heads,
@@ -272,7 +274,6 @@ def rtmo_config_from_mmpose(model_cfg: Mapping[str, Any],
     _check(hh.get("type") == "RTMOHead", f"head.type={hh.get('type')!r}")
     _check(tuple(bb.get("out_indices", (2, 3, 4))) == (2, 3, 4), f"backbone.out_indices={bb.get('out_indices')}")
     _check(bb.get("arch", "P5") == "P5", f"backbone.arch={bb.get('arch')!r}")
-    _check(not bb.get("use_depthwise", False), "backbone.use_depthwise=True")
     for path in ("backbone.act_cfg.type", "head.head_module_cfg.act_cfg.type"):
         act = _get(model_cfg, path, "Swish")
         _check(act in ("Swish", "SiLU"), f"{path}={act!r}")
@@ -299,6 +300,7 @@ def rtmo_config_from_mmpose(model_cfg: Mapping[str, Any],
     return RTMOConfig(
         num_keypoints=int(hh.get("num_keypoints", 17)),
         deepen_factor=float(bb["deepen_factor"]), widen_factor=backbone_w,
+        backbone_use_depthwise=bool(bb.get("use_depthwise", False)),
         spp_kernel_sizes=tuple(bb.get("spp_kernal_sizes", (5, 9, 13))),
         backbone_bn_eps=float(bn_bb.get("eps", 1e-5)), backbone_bn_momentum=float(bn_bb.get("momentum", 0.1)),
         neck_deepen_factor=float(nk.get("deepen_factor", 1.0)), neck_widen_factor=float(nk.get("widen_factor", 1.0)),

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..layers import ConvModule
+from ..layers import ConvModule, DepthwiseSeparableConvModule
 
 __all__ = ["CSPDarknet", "CSPLayer", "DarknetBottleneck", "SPPBottleneck", "Focus", "cspdarknet_out_channels"]
 
@@ -61,14 +61,16 @@ class SPPBottleneck(nn.Module):
 
 
 class DarknetBottleneck(nn.Module):
-    """1x1 conv -> 3x3 conv, plus the input when ``add_identity`` and channels match."""
+    """1x1 conv -> 3x3 conv (depthwise-separable with ``use_depthwise``), plus the input when ``add_identity``
+    and channels match."""
 
     def __init__(self, in_channels: int, out_channels: int, expansion: float = 1.0, add_identity: bool = True,
-                 **conv_kw) -> None:
+                 use_depthwise: bool = False, **conv_kw) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
         self.conv1 = ConvModule(in_channels, hidden, 1, **conv_kw)
-        self.conv2 = ConvModule(hidden, out_channels, 3, **conv_kw)
+        conv = DepthwiseSeparableConvModule if use_depthwise else ConvModule
+        self.conv2 = conv(hidden, out_channels, 3, **conv_kw)
         self.add_identity = add_identity and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,14 +82,14 @@ class CSPLayer(nn.Module):
     """Cross Stage Partial layer: final_conv(cat[blocks(main_conv(x)), short_conv(x)])."""
 
     def __init__(self, in_channels: int, out_channels: int, expand_ratio: float = 0.5, num_blocks: int = 1,
-                 add_identity: bool = True, **conv_kw) -> None:
+                 add_identity: bool = True, use_depthwise: bool = False, **conv_kw) -> None:
         super().__init__()
         mid = int(out_channels * expand_ratio)
         self.main_conv = ConvModule(in_channels, mid, 1, **conv_kw)
         self.short_conv = ConvModule(in_channels, mid, 1, **conv_kw)
         self.final_conv = ConvModule(2 * mid, out_channels, 1, **conv_kw)
         self.blocks = nn.Sequential(
-            *[DarknetBottleneck(mid, mid, 1.0, add_identity, **conv_kw) for _ in range(num_blocks)]
+            *[DarknetBottleneck(mid, mid, 1.0, add_identity, use_depthwise, **conv_kw) for _ in range(num_blocks)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +109,8 @@ class CSPDarknet(nn.Module):
         arch: ``"P5"`` (4 stages, RTMO/YOLOX) or ``"P6"`` (5 stages).
         bn_eps, bn_momentum: BatchNorm settings (YOLOX: 1e-3, 0.03).
         act: activation (``"silu"`` = Swish).
+        use_depthwise: depthwise-separable 3x3 convs in the stage downsampling and the bottlenecks (YOLOX-nano;
+            the stem and SPP keep plain convs).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class CSPDarknet(nn.Module):
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.03,
         act: str = "silu",
+        use_depthwise: bool = False,
     ) -> None:
         super().__init__()
         if arch not in _ARCH:
@@ -138,10 +143,11 @@ class CSPDarknet(nn.Module):
         for i, (cin, cout, nblk, add_id, use_spp) in enumerate(setting):
             cin, cout = int(cin * widen_factor), int(cout * widen_factor)
             nblk = max(round(nblk * deepen_factor), 1)
-            mods = [ConvModule(cin, cout, 3, stride=2, **kw)]
+            conv = DepthwiseSeparableConvModule if use_depthwise else ConvModule
+            mods = [conv(cin, cout, 3, stride=2, **kw)]
             if use_spp:
                 mods.append(SPPBottleneck(cout, cout, tuple(spp_kernel_sizes), **kw))
-            mods.append(CSPLayer(cout, cout, num_blocks=nblk, add_identity=add_id, **kw))
+            mods.append(CSPLayer(cout, cout, num_blocks=nblk, add_identity=add_id, use_depthwise=use_depthwise, **kw))
             name = f"stage{i + 1}"
             self.add_module(name, nn.Sequential(*mods))
             self.layers.append(name)

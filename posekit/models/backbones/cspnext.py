@@ -21,7 +21,7 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..layers import ConvModule
+from ..layers import ConvModule, DepthwiseSeparableConvModule
 from .cspdarknet import SPPBottleneck
 
 __all__ = ["CSPNeXt", "CSPNeXtBlock", "CSPNeXtLayer", "ChannelAttention", "DepthwiseSeparableConvModule",
@@ -40,18 +40,6 @@ def cspnext_out_channels(widen_factor: float, arch: str = "P5") -> list:
     """Channels of every output index (0 = stem) without building the network."""
     a = CSPNEXT_ARCH[arch]
     return [int(a[0][0] * widen_factor)] + [int(s[1] * widen_factor) for s in a]
-
-
-class DepthwiseSeparableConvModule(nn.Module):
-    """Depthwise kxk ConvModule (``depthwise_conv``) then pointwise 1x1 ConvModule (``pointwise_conv``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, **kw) -> None:
-        super().__init__()
-        self.depthwise_conv = ConvModule(in_channels, in_channels, kernel_size, groups=in_channels, **kw)
-        self.pointwise_conv = ConvModule(in_channels, out_channels, 1, **kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise_conv(self.depthwise_conv(x))
 
 
 class ChannelAttention(nn.Module):

@@ -21,7 +21,12 @@
 the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1); ``switch_epoch`` (0-based epoch, null: never) and
 ``switch`` (the fields that change then; official: ``{proxy_target_cc: true, mle: 5.0, oks: 10.0}`` at 280);
 ``assigner``: :class:`~posekit.models.rtmo_train.SimOTAAssigner` fields; ``score_thr`` (0.1) and ``nms_thr``
-(0.65) for the evaluation.
+(0.65) for the evaluation; ``backbone_onnx`` (a YOLOX ONNX export, e.g. ``../shared/weights/yolox_nano_8xb8-
+300e_humanart-40f6f0d0.onnx``, relative paths from the working directory): start the CSPDarknet from that detector's
+backbone, as the official recipe starts from a COCO-trained YOLOX (the model must have its settings: YOLOX-nano is
+``widen_factor: 0.25, deepen_factor: 0.33, backbone_use_depthwise: true``), with its folded BatchNorms
+recalibrated on ``bn_calibration_images`` (64) augmented training images (see
+:mod:`posekit.models.backbones.yolox_onnx`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ _DATA_OPTIONS = {
     "color_jitter": 0.0,
     "min_keypoints": 1,
 }
-_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "assigner", "score_thr", "nms_thr")
+_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "assigner", "score_thr", "nms_thr", "backbone_onnx",
+                 "bn_calibration_images")
 PAD_VALUE = 114
 
 
@@ -249,6 +255,8 @@ class RTMOTask(TrainTask):
         self.score_thr, self.nms_thr = 0.1, 0.65
         self._criterion = None
         self.easy_keypoints: tuple[int, ...] = ()
+        self.backbone_onnx: str | None = None
+        self.bn_calibration_images = 64
 
     # ------------------------------------------------------------------ options
     def _task_options(self, cfg) -> None:
@@ -273,6 +281,11 @@ class RTMOTask(TrainTask):
             raise ValueError(f"task_options.assigner: {e}") from None
         self.score_thr = float(t.get("score_thr", 0.1))
         self.nms_thr = float(t.get("nms_thr", 0.65))
+        self.backbone_onnx = t.get("backbone_onnx") or None
+        n = t.get("bn_calibration_images", 64)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"task_options.bn_calibration_images must be an integer >= 1, got {n!r}")
+        self.bn_calibration_images = n
 
     def _data_options(self, cfg) -> dict:
         o = merge_data_options("rtmo", dict(cfg.data.options), _DATA_OPTIONS)
@@ -339,7 +352,23 @@ class RTMOTask(TrainTask):
         if self.sigmas is not None and len(self.sigmas) == self.num_keypoints:
             model.head.loss_oks.sigmas.copy_(torch.as_tensor(self.sigmas, dtype=torch.float32))
         init_rtmo_for_training(model)
+        if self.backbone_onnx:
+            self._init_backbone(model)
         return model
+
+    def _init_backbone(self, model) -> None:
+        """``task_options.backbone_onnx``: the detector's backbone, BatchNorms recalibrated on training images."""
+        from posekit.models.backbones.yolox_onnx import (conv_modules_in_run_order, load_cspdarknet_from_onnx,
+                                                         recalibrate_folded_batchnorm)
+
+        load_cspdarknet_from_onnx(model.backbone, self.backbone_onnx)
+        if self.train_set is None:
+            raise ValueError("task_options.backbone_onnx: build_datasets must run before build_model (the folded "
+                             "BatchNorms are recalibrated on training images)")
+        n = min(self.bn_calibration_images, len(self.train_set))
+        batches = (self.collate([self.train_set[i] for i in range(s, min(s + 16, n))])["image"]
+                   for s in range(0, n, 16))
+        recalibrate_folded_batchnorm(model.backbone, conv_modules_in_run_order(model.backbone), batches)
 
     def weights_at(self, epoch: int):
         """The loss weights of ``epoch`` (0-based)."""
