@@ -153,7 +153,7 @@ def _verify(backbone, model, ours, theirs, input_size) -> dict:
         backbone.train(was)
         for h in hooks:
             h.remove()
-    by_tensor = {id(o): i for i, (m, o) in enumerate((m, outs_of[id(m)]) for m in ours)}
+    by_tensor = {id(outs_of[id(m)]): i for i, m in enumerate(ours)}
     names = []
     consumers: dict = {}
     for node in model.graph.node:
