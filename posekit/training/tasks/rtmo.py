@@ -361,10 +361,10 @@ class RTMOTask(TrainTask):
         from posekit.models.backbones.yolox_onnx import (conv_modules_in_run_order, load_cspdarknet_from_onnx,
                                                          recalibrate_folded_batchnorm)
 
-        load_cspdarknet_from_onnx(model.backbone, self.backbone_onnx)
         if self.train_set is None:
             raise ValueError("task_options.backbone_onnx: build_datasets must run before build_model (the folded "
                              "BatchNorms are recalibrated on training images)")
+        load_cspdarknet_from_onnx(model.backbone, self.backbone_onnx)
         n = min(self.bn_calibration_images, len(self.train_set))
         batches = (self.collate([self.train_set[i] for i in range(s, min(s + 16, n))])["image"]
                    for s in range(0, n, 16))
