@@ -48,11 +48,12 @@ def main() -> None:
     from posekit.pipelines.topdown import TopDownPipeline
     from posekit.runtime.cards import load_card
     from posekit.runtime.onnx import OnnxModel
-    from posekit.runtime.torch_backend import build_preset, torch_runner
+    from posekit.models.presets import build_model
+    from posekit.runtime.torch_backend import torch_runner
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = build_preset(args.model).eval()
+    model = build_model(args.model).eval()
     # A fresh CSPNeXt's activations fade to ~1e-11 and below: denormal floats make PyTorch's CPU kernels many
     # times slower on real crops. Kaiming-normal weights keep trained-model-like activation magnitudes.
     for m in model.modules():

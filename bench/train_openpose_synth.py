@@ -91,7 +91,9 @@ def main() -> int:
                   f"{v.get('val/AR', float('nan')):.3f}")
     if args.export:
         from posekit.data.io import read_image
-        from posekit.export.onnx import export_openpose_onnx, load_openpose_checkpoint, torch_paf_pipeline
+        from posekit.export.onnx import export_openpose_onnx
+        from posekit.models.checkpoints import load_openpose_checkpoint
+        from posekit.pipelines.bottomup import torch_paf_pipeline
         from posekit.pipelines.estimator import PoseEstimator
         from posekit.training.tasks.openpose import eval_params_for
 

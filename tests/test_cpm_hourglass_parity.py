@@ -14,14 +14,15 @@ from posekit.codecs.heatmap import HeatmapCodec
 from posekit.losses.stage import StageL2Loss, keypoint_mse, stage_l2_loss
 from posekit.models.backbones.hourglass import HourglassNet
 from posekit.models.topdown import flip_heatmaps
-from posekit.models.topdown_presets_stage import (
-    STAGE_BUILDERS,
-    STAGE_PRESETS,
+from posekit.models.topdown_presets import (
+    MULTI_STAGE_PRESETS,
+    STAGE_CONFIGS,
+    TOPDOWN_PRESETS,
     CPMConfig,
     HourglassConfig,
     build_stage_model,
-    build_stage_model_from_mmpose_meta,
-    load_mmpose_stage_checkpoint,
+    build_topdown_from_mmpose_meta,
+    load_topdown_weights,
     stage_config_from_mmpose,
 )
 from posekit.models.weights import WeightsError
@@ -40,8 +41,8 @@ def ref(request):
     sd = torch.load(shared_path("reference", "mmpose-tiny", name, "state_dict.pt"), weights_only=True)
     x = torch.load(shared_path("reference", "mmpose-tiny", name, "input.pt"), weights_only=True)
     out = torch.load(shared_path("reference", "mmpose-tiny", name, "outputs.pt"), weights_only=True)
-    model = build_stage_model_from_mmpose_meta(meta).eval()
-    load_mmpose_stage_checkpoint(model, sd)  # strict
+    model = build_topdown_from_mmpose_meta(meta).eval()
+    load_topdown_weights(model, sd)  # strict
     with torch.no_grad():
         raw = model(x)
     return dict(name=name, meta=meta, sd=sd, x=x, out=out, model=model, raw=raw)
@@ -109,27 +110,27 @@ def test_flip_test_averages_mirrored_heatmaps(ref):
 def test_strict_loading_reports_missing_unexpected_and_shapes(ref):
     sd = dict(ref["sd"])
     key = next(iter(sd))
-    model = build_stage_model_from_mmpose_meta(ref["meta"])
+    model = build_topdown_from_mmpose_meta(ref["meta"])
     with pytest.raises(WeightsError, match="missing keys"):
-        load_mmpose_stage_checkpoint(model, {k: v for k, v in sd.items() if k != key})
+        load_topdown_weights(model, {k: v for k, v in sd.items() if k != key})
     with pytest.raises(WeightsError, match="unexpected keys"):
-        load_mmpose_stage_checkpoint(model, dict(sd, **{"backbone.extra.weight": torch.zeros(1)}))
+        load_topdown_weights(model, dict(sd, **{"backbone.extra.weight": torch.zeros(1)}))
     wrong = dict(sd)
     wrong[key] = torch.zeros(*[s + 1 for s in sd[key].shape])
     with pytest.raises(WeightsError, match="shape mismatches"):
-        load_mmpose_stage_checkpoint(model, wrong)
+        load_topdown_weights(model, wrong)
 
 
 def test_mmpose0x_keypoint_head_keys_and_file_path(ref, tmp_path):
     sd = {("keypoint_head." + k[5:] if k.startswith("head.") else k): v for k, v in ref["sd"].items()}
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": sd, "meta": {"epoch": 210}}, path)
-    model = build_stage_model_from_mmpose_meta(ref["meta"]).eval()
-    load_mmpose_stage_checkpoint(model, str(path))
+    model = build_topdown_from_mmpose_meta(ref["meta"]).eval()
+    load_topdown_weights(model, str(path))
     with torch.no_grad():
         assert torch.equal(model(ref["x"])["heatmaps"], ref["raw"]["heatmaps"])
     with pytest.raises(FileNotFoundError):
-        load_mmpose_stage_checkpoint(model, tmp_path / "nope.pth")
+        load_topdown_weights(model, tmp_path / "nope.pth")
 
 
 def test_unsupported_mmpose_config_is_named():
@@ -146,11 +147,11 @@ def test_unsupported_mmpose_config_is_named():
 
 # ---------------------------------------------------------------------------------------------------- presets
 def test_official_presets():
-    assert set(STAGE_PRESETS) >= {"cpm", "hourglass-52", "cpn-r50", "cpn-tiny"}
-    assert set(STAGE_BUILDERS) == set(STAGE_PRESETS)
-    assert STAGE_PRESETS["cpm"].url.endswith("cpm_coco_256x192-aa4ba095_20200817.pth")
-    assert STAGE_PRESETS["hourglass-52"].url.endswith("hourglass52_coco_256x256-4ec713ba_20200709.pth")
-    cpm = STAGE_BUILDERS["cpm"]().eval()
+    assert set(STAGE_CONFIGS) >= {"cpm", "hourglass-52", "cpn-r50", "cpn-tiny"}
+    assert set(MULTI_STAGE_PRESETS) == set(STAGE_CONFIGS) and set(MULTI_STAGE_PRESETS) <= set(TOPDOWN_PRESETS)
+    assert STAGE_CONFIGS["cpm"].url.endswith("cpm_coco_256x192-aa4ba095_20200817.pth")
+    assert STAGE_CONFIGS["hourglass-52"].url.endswith("hourglass52_coco_256x256-4ec713ba_20200709.pth")
+    cpm = MULTI_STAGE_PRESETS["cpm"]().eval()
     assert cpm.preset == "cpm" and cpm.input_size == (192, 256)
     with torch.no_grad():
         raw = cpm(torch.zeros(1, 3, 256, 192))

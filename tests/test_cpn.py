@@ -9,7 +9,7 @@ import torch
 
 from posekit.losses.stage import CPNLoss, cpn_loss, keypoint_mse, keypoint_ohkm_losses, ohkm_loss
 from posekit.models.cpn import GlobalNet, RefineBottleneck, RefineNet
-from posekit.models.topdown_presets_stage import STAGE_PRESETS, build_stage_model, cpn_global_codecs
+from posekit.models.topdown_presets import STAGE_CONFIGS, build_stage_model, cpn_global_codecs
 
 
 def _with_keypoint_losses(per_kpt: torch.Tensor, h: int = 3, w: int = 4):
@@ -102,13 +102,13 @@ def test_cpn_presets_shapes():
         assert len(raw["global_heatmaps"]) == 4 and all(g.shape == (1, 17, *hw) for g in raw["global_heatmaps"])
         kp, sc = model.decode(raw)
         assert kp.shape == (1, 17, 2) and sc.shape == (1, 17)
-    assert STAGE_PRESETS["cpn-r50"].topk == 8 and STAGE_PRESETS["cpn-r50"].refine_blocks == (3, 2, 1, 0)
+    assert STAGE_CONFIGS["cpn-r50"].topk == 8 and STAGE_CONFIGS["cpn-r50"].refine_blocks == (3, 2, 1, 0)
     assert models["cpn-r50"].backbone.out_channels == [256, 512, 1024, 2048]
 
 
 def test_cpn_loss_composition_and_tiny_training_steps():
     torch.manual_seed(0)
-    cfg = STAGE_PRESETS["cpn-tiny"].replace(input_size=(48, 64), heatmap_size=(12, 16))  # half size: CPU-light
+    cfg = STAGE_CONFIGS["cpn-tiny"].replace(input_size=(48, 64), heatmap_size=(12, 16))  # half size: CPU-light
     model = build_stage_model(cfg).train()
     codec = model.codec()
     g_codecs = cpn_global_codecs(cfg)

@@ -9,8 +9,9 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from posekit.export.onnx import (export_openpose_onnx, load_openpose_checkpoint, torch_maps,  # noqa: E402
-                                 torch_paf_pipeline)
+from posekit.export.onnx import export_openpose_onnx, torch_maps  # noqa: E402
+from posekit.models.checkpoints import load_openpose_checkpoint  # noqa: E402
+from posekit.pipelines.bottomup import torch_paf_pipeline  # noqa: E402
 from posekit.models.presets import build_model  # noqa: E402
 from posekit.runtime.cards import load_card  # noqa: E402
 

@@ -20,7 +20,8 @@ from posekit.export.topdown import (TopDownExportWrapper, export_topdown_onnx, t
                                     topdown_output_names, torch_outputs)
 from posekit.models.topdown_presets import build_vitpose
 from posekit.runtime.cards import card_from_dict, load_card
-from posekit.runtime.torch_backend import build_preset, card_fits_model
+from posekit.models.presets import build_model
+from posekit.runtime.torch_backend import card_fits_model
 
 SB_TINY = dict(base_channels=16, stem_channels=16, deconv_out_channels=(32, 32, 32))
 VIT_TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
@@ -44,20 +45,14 @@ def _reference(name: str):
     root = shared_path("reference", "mmpose-tiny", name)
     meta = json.loads((root / "meta.json").read_text())
     sd = torch.load(root / "state_dict.pt", weights_only=True)
-    if name in ("cpm", "hourglass"):
-        from posekit.models.topdown_presets_stage import (build_stage_model_from_mmpose_meta,
-                                                          load_mmpose_stage_checkpoint)
-
-        model = load_mmpose_stage_checkpoint(build_stage_model_from_mmpose_meta(meta), sd)
-    else:
-        model = load_topdown_weights(build_topdown_from_mmpose_meta(meta), sd)
+    model = load_topdown_weights(build_topdown_from_mmpose_meta(meta), sd)
     return model.eval(), torch.load(root / "input.pt", weights_only=True).numpy()
 
 
 def _models():
     """name -> (model, extra input batch or None)."""
     torch.manual_seed(0)
-    rtm = build_preset("rtmpose-t")
+    rtm = build_model("rtmpose-t")
     for m in rtm.modules():  # a fresh CSPNeXt's features fade to ~1e-11: make the output depend on the input
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -68,7 +63,7 @@ def _models():
     out = {"rtmpose-t": (rtm.eval(), None)}
     for name in ("rtmpose", "simplebaseline-res18", "vitpose-simple", "cpm"):
         out[name] = _reference(name)
-    bg = build_preset("cpm", num_stages=2, feat_channels=16, middle_channels=8, background=True,
+    bg = build_model("cpm", num_stages=2, feat_channels=16, middle_channels=8, background=True,
                       stem_channels=(16, 16, 16, 8, 32, 32), middle_widths=(16, 16, 16), input_size=(96, 128),
                       heatmap_size=(12, 16))
     _randomise_bn(bg, 1)
@@ -208,7 +203,7 @@ def test_multi_decoder_and_errors(tmp_path):
 
 def test_cli_export_topdown_then_predict(tmp_path, capsys):
     torch.manual_seed(1)
-    model = build_preset("simplebaseline-r18", **SB_TINY).eval()
+    model = build_model("simplebaseline-r18", **SB_TINY).eval()
     _randomise_bn(model, 7)
     torch.save({"state_dict": model.state_dict(), "preset": "simplebaseline-r18"}, tmp_path / "sb.pth")
     out = tmp_path / "x.onnx"
@@ -241,7 +236,7 @@ def test_cli_export_errors_and_random_init(tmp_path, capsys):
     assert main(["export", "--model", "rtmpose-t", "--weights", str(tmp_path / "missing.pth"),
                  "--out", str(tmp_path / "a.onnx")]) == 1
     assert "missing.pth" in capsys.readouterr().err
-    torch.save(build_preset("simplebaseline-r18", **SB_TINY).state_dict(), tmp_path / "sb.pth")
+    torch.save(build_model("simplebaseline-r18", **SB_TINY).state_dict(), tmp_path / "sb.pth")
     assert main(["export", "--model", "rtmpose-t", "--weights", str(tmp_path / "sb.pth"),
                  "--out", str(tmp_path / "a.onnx")]) == 1  # weights of another preset
     assert "does not fit" in capsys.readouterr().err

@@ -141,7 +141,9 @@ def test_short_run_reaches_ap_and_exports(tmp_path):
     (800 training images, 30 held-out ones). Measured (docs/training-openpose.md): AP 0.706 / AP50 1.0 with this
     data seed (12), 0.610 / 1.0 with seed 11; the bar is the issue's 0.5."""
     from posekit.data.io import read_image
-    from posekit.export.onnx import export_openpose_onnx, load_openpose_checkpoint, torch_paf_pipeline
+    from posekit.export.onnx import export_openpose_onnx
+    from posekit.models.checkpoints import load_openpose_checkpoint
+    from posekit.pipelines.bottomup import torch_paf_pipeline
     from posekit.pipelines.estimator import PoseEstimator
     from posekit.training.trainer import train
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from posekit.export.rtmo import RTMOExportWrapper, _matched_error, export_rtmo_onnx, load_rtmo_checkpoint
+from posekit.export.rtmo import RTMOExportWrapper, _matched_error, export_rtmo_onnx
+from posekit.models.checkpoints import load_rtmo_checkpoint
 from posekit.models.rtmo import build_rtmo
 
 TINY = dict(widen_factor=0.125, neck_widen_factor=0.125, hidden_dim=32, num_heads=2, feedforward_channels=64,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from posekit.losses.rtmo import (RTMOCriterion, RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner, box_iou_torch,
+                                 iou_loss, mle_cc_loss, mle_target_heatmaps, oks_loss, pose_oks, varifocal_loss)
 from posekit.models.rtmo import build_rtmo
-from posekit.models.rtmo_train import (RTMOCriterion, RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner,
-                                       box_iou_torch, iou_loss, mle_cc_loss, mle_target_heatmaps, oks_loss, pose_oks,
-                                       varifocal_loss)
 
 TINY = dict(widen_factor=0.125, neck_widen_factor=0.125, hidden_dim=32, num_heads=2, feedforward_channels=64,
             neck_out_channels=32, head_in_channels=128, head_widen_factor=0.125, cls_feat_channels=128,

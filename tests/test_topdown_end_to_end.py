@@ -14,7 +14,7 @@ import torch
 
 from conftest import shared_path
 from posekit.cli import main
-from posekit.runtime.torch_backend import build_preset
+from posekit.models.presets import build_model
 
 DATA = ("data", "mmpose-coco")
 TINY = ["--set", "base_channels=8", "--set", "stem_channels=8", "--set", "deconv_out_channels=[16,16,16]"]
@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
     """A small SimpleBaseline-R18 (random weights, seeded) as a posekit checkpoint and as an exported card."""
     d = tmp_path_factory.mktemp("e2e")
     torch.manual_seed(0)
-    m = build_preset("simplebaseline-r18", base_channels=8, stem_channels=8, deconv_out_channels=(16, 16, 16))
+    m = build_model("simplebaseline-r18", base_channels=8, stem_channels=8, deconv_out_channels=(16, 16, 16))
     over = {"base_channels": 8, "stem_channels": 8, "deconv_out_channels": [16, 16, 16]}
     torch.save({"model": m.state_dict(), "config": {"model": {"name": "simplebaseline-r18", "overrides": over}}},
                d / "sb.pt")

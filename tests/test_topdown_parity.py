@@ -9,6 +9,7 @@ import torch
 from posekit.models.backbones.vit import VisionTransformer
 from posekit.models.topdown import TopDownModel
 from posekit.models.topdown_presets import (
+    SINGLE_STAGE_PRESETS,
     TOPDOWN_PRESETS,
     TOPDOWN_URLS,
     build_topdown_from_mmpose_meta,
@@ -165,7 +166,8 @@ def test_preset_sizes_match_official(name):
 def test_all_presets_registered():
     expected = {"simplebaseline-r50", "simplebaseline-r18"} | {f"vitpose-{s}" for s in "sblh"} | \
         {f"vitpose-{s}-simple" for s in "sblh"} | {f"rtmpose-{s}" for s in "tsml"}
-    assert set(TOPDOWN_PRESETS) == expected == set(TOPDOWN_URLS)
+    assert set(SINGLE_STAGE_PRESETS) == expected == set(TOPDOWN_URLS)
+    assert set(TOPDOWN_PRESETS) == expected | {"cpm", "hourglass-52", "cpn-r50", "cpn-tiny"}
     vit = TOPDOWN_PRESETS["vitpose-s-simple"]()
     assert isinstance(vit.backbone, VisionTransformer) and vit.neck is not None
     assert vit.backbone.pos_embed.shape == (1, 192, 384)

@@ -18,8 +18,9 @@ from conftest import shared_path
 from posekit.cli import main
 from posekit.pipelines.estimator import PoseEstimator
 from posekit.runtime.cards import load_card
-from posekit.runtime.torch_backend import (TorchModel, build_preset, card_for_model, load_torch_preset,
-                                           model_family, preset_family)
+from posekit.models.checkpoints import load_preset, model_family, preset_family
+from posekit.models.presets import build_model
+from posekit.runtime.torch_backend import TorchModel, card_for_model
 
 DATA = ("data", "mmpose-coco")
 SB_TINY = {"base_channels": 8, "stem_channels": 8, "deconv_out_channels": [16, 16, 16]}
@@ -112,7 +113,7 @@ def test_families():
     assert preset_family("cpm") == "topdown"  # multi-stage top-down presets come through their own builders
     with pytest.raises(KeyError, match="unknown model preset"):
         preset_family("tfpose-mnv2")
-    assert model_family(build_preset("simplebaseline-r18", **SB_TINY)) == "topdown"
+    assert model_family(build_model("simplebaseline-r18", **SB_TINY)) == "topdown"
     with pytest.raises(ValueError, match="not a posekit"):
         model_family(torch.nn.Conv2d(1, 1, 1))
 
@@ -125,7 +126,7 @@ def rtmpose(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("rtm")
     torch.manual_seed(0)
-    m = _liven(build_preset("rtmpose-t")).eval()
+    m = _liven(build_model("rtmpose-t")).eval()
     torch.save(m.state_dict(), d / "rtmpose-t.pth")
     onnx_path, card_path = export_topdown_onnx(m, d / "exported.onnx")
     return d / "rtmpose-t.pth", onnx_path, card_path
@@ -193,7 +194,7 @@ def test_preset_without_builtin_card_gets_a_generated_card(tmp_path):
     from posekit.export.topdown import export_topdown_onnx
 
     torch.manual_seed(3)
-    m = build_preset("simplebaseline-r18", **{k: tuple(v) if isinstance(v, list) else v
+    m = build_model("simplebaseline-r18", **{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in SB_TINY.items()}).eval()
     _randomise_bn(m, 3)
     raw = {k: v + 1.0 if v.is_floating_point() else v for k, v in m.state_dict().items()}  # "raw" != EMA weights
@@ -219,7 +220,7 @@ def test_preset_without_builtin_card_gets_a_generated_card(tmp_path):
 def test_openpose_torch_equals_exported_onnx(tmp_path):
     small = dict(width=0.35, feature_channels=32, stage_width=32, stage_mid=64)
     torch.manual_seed(0)
-    m = build_preset("openpose-light", **small).eval()
+    m = build_model("openpose-light", **small).eval()
     _randomise_bn(m, 5)
     ckpt = {"model": m.state_dict(), "ema": None,
             "config": {"task": "openpose", "model": {"name": "openpose-light", "overrides": small},
@@ -302,7 +303,7 @@ def test_backend_rules_and_errors(rtmpose, tmp_path):
     with pytest.raises(FileNotFoundError):
         PoseEstimator("rtmpose-t", weights=tmp_path / "missing.pth", **det)
     # weights of another preset: a strict load error that names the keys
-    torch.save(build_preset("simplebaseline-r18", **{k: tuple(v) if isinstance(v, list) else v
+    torch.save(build_model("simplebaseline-r18", **{k: tuple(v) if isinstance(v, list) else v
                                                      for k, v in SB_TINY.items()}).state_dict(), tmp_path / "sb.pth")
     with pytest.raises(RuntimeError, match="missing keys"):
         PoseEstimator("rtmpose-t", weights=tmp_path / "sb.pth", **det)
@@ -318,7 +319,7 @@ def test_backend_rules_and_errors(rtmpose, tmp_path):
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(bad))
     est = PoseEstimator(str(tmp_path / "good.yaml"), weights=pth, **det)
     assert est.card.source == str(tmp_path / "good.yaml") and est.backend == "torch"
-    model = load_torch_preset("rtmpose-t", pth)
+    model = load_preset("rtmpose-t", pth)
     assert not model.training and model.preset == "rtmpose-t"
 
 

@@ -66,28 +66,25 @@ def _parse_overrides(items: list[str]) -> dict | None:
     return out
 
 
-def _load(args, family: str, overrides: dict | None):
+def _load(args, overrides: dict | None):
     """The model (eval mode) from --weights or --random-init."""
     import torch
 
-    from posekit.runtime.torch_backend import build_preset, load_torch_preset
+    from posekit.models.checkpoints import load_preset
+    from posekit.models.presets import build_model
 
     if args.random_init:
         torch.manual_seed(0)
         over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (overrides or {}).items()}
-        return build_preset(args.model, **over).eval()
-    if family == "openpose":
-        from posekit.export.onnx import load_openpose_checkpoint
-
-        return load_openpose_checkpoint(args.model, args.weights, overrides, use_ema=not args.no_ema)
-    return load_torch_preset(args.model, args.weights, overrides, use_ema=not args.no_ema)
+        return build_model(args.model, **over).eval()
+    return load_preset(args.model, args.weights, overrides, use_ema=not args.no_ema)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from posekit.runtime.torch_backend import checkpoint_settings, preset_family
+    from posekit.models.checkpoints import checkpoint_settings, preset_family
 
     try:
         family = preset_family(args.model)
@@ -95,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e).strip("'\"")) from None
     if not str(args.out).lower().endswith(".onnx"):
         raise ValueError(f"--out must name a .onnx file, got {args.out!r}")
-    model = _load(args, family, _parse_overrides(args.overrides))
+    model = _load(args, _parse_overrides(args.overrides))
     if args.random_init:
         print(f"warning: {args.model} exported with RANDOM weights (--random-init)", file=sys.stderr)
     settings = {} if args.random_init else checkpoint_settings(args.weights)

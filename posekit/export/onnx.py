@@ -11,7 +11,8 @@
   height, part names, limbs, PAF channel map, ``to_coco17`` and the association parameters).
 
 ``PoseEstimator("FILE.yaml")`` then runs the file through :class:`posekit.pipelines.bottomup.PafPipeline`, the same
-association that :func:`torch_paf_pipeline` uses on the PyTorch model.
+association that :func:`posekit.pipelines.bottomup.torch_paf_pipeline` uses on the PyTorch model (through
+:func:`torch_maps`, this graph's computation in PyTorch).
 
 Uses ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``), which needs the ``onnx`` package.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,10 +30,9 @@ from torch import nn
 
 __all__ = [
     "MapsExportWrapper",
-    "load_openpose_checkpoint",
     "export_openpose_onnx",
     "openpose_card_dict",
-    "torch_paf_pipeline",
+    "torch_maps",
     "DEFAULT_OPSET",
 ]
 
@@ -65,62 +65,10 @@ def _check_openpose(model: nn.Module, what: str = "model") -> None:
             raise ValueError(f"{what} is a {type(model).__name__}, not a posekit OpenPose model (no {attr!r})")
 
 
-def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mapping[str, Any] | None = None,
-                             use_ema: bool = True) -> nn.Module:
-    """An OpenPose preset with weights from ``weights``, in eval mode.
-
-    ``weights`` may be a training checkpoint of :mod:`posekit.training` (a dict with ``"model"``; its EMA weights
-    when it has them and ``use_ema``; its saved config's ``model.overrides`` unless ``overrides`` is given), a dict
-    with ``"state_dict"``, or a plain ``state_dict``. The load is strict: a checkpoint of another architecture is an
-    error naming the keys.
-    """
-    from posekit.models.presets import build_model
-
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    saved_overrides: dict = {}
-    if isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        state = ckpt["model"]
-        ema = ckpt.get("ema")
-        if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
-            state = ema["module"]
-        cfg = ckpt.get("config")
-        if isinstance(cfg, Mapping):
-            m = cfg.get("model") or {}
-            saved_overrides = dict(m.get("overrides") or {}) if isinstance(m, Mapping) else {}
-            if isinstance(m, Mapping) and m.get("name") and m["name"] != preset:
-                raise ValueError(f"{path}: checkpoint was trained as model {m['name']!r}, not {preset!r}")
-    elif isinstance(ckpt, Mapping) and "state_dict" in ckpt:
-        state = ckpt["state_dict"]
-    elif isinstance(ckpt, Mapping):
-        state = ckpt
-    else:
-        raise ValueError(f"{path}: expected a state_dict or a checkpoint dict, got {type(ckpt).__name__}")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    model = build_model(preset, **(dict(overrides) if overrides is not None else saved_overrides))
-    _check_openpose(model, f"preset {preset!r}")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ValueError(f"{path}: weights do not fit preset {preset!r} ({first}; wrong preset or model "
-                         f"overrides?)") from None
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit preset {preset!r}: missing {list(missing)[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''} (wrong preset or model overrides?)")
-    return model.eval()
-
-
 def _paf_params_dict(params) -> dict:
     """``PafParams`` (or a mapping of its fields) -> plain YAML-able dict (only fields that differ from the
     defaults, tuples as lists)."""
-    from posekit.pipelines.bottomup import PafParams
+    from posekit.association.params import PafParams
 
     if params is None:
         return {}
@@ -144,7 +92,7 @@ def openpose_card_dict(model: nn.Module, onnx_file: str, name: str, input_size: 
         name: card name.
         input_size: ``(w, h)``: the card's ``input.size``; images are resized to height ``h`` keeping the aspect
             ratio (width a multiple of the stride).
-        params: :class:`~posekit.pipelines.bottomup.PafParams` (or a dict of its fields) for the association;
+        params: :class:`~posekit.association.params.PafParams` (or a dict of its fields) for the association;
             written to ``paf.params`` (the input-size fields are taken from ``input``).
     """
     from posekit.schema import COCO17_TO_OPENPOSE18_INDEX
@@ -275,24 +223,3 @@ def torch_maps(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     finally:
         model.train(was_training)
     return y.float().cpu().numpy()
-
-
-def torch_paf_pipeline(model: nn.Module, params=None):
-    """A :class:`~posekit.pipelines.bottomup.PafPipeline` that runs the PyTorch ``model`` (NCHW, raw BGR in,
-    normalised inside), with the limbs, channels and part order of the exported card: people from it match
-    ``PoseEstimator`` on the exported file."""
-    from posekit.pipelines.bottomup import PafParams, PafPipeline
-    from posekit.schema import COCO17_TO_OPENPOSE18_INDEX
-
-    _check_openpose(model)
-    if params is None:
-        params = PafParams()
-    elif not isinstance(params, PafParams):
-        params = PafParams.from_dict(dict(params), "params")
-    codec = model.codec
-    return PafPipeline(lambda batch: torch_maps(model, batch), params, limbs=list(codec.limbs),
-                       paf_channels=list(codec.paf_channels), num_parts=codec.num_parts,
-                       heatmap_channels=(0, model.num_heatmaps), paf_offset=model.num_heatmaps,
-                       stride=model.stride,
-                       to_coco17=COCO17_TO_OPENPOSE18_INDEX if codec.num_parts == 18 else None,
-                       input_layout="NCHW")

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RTMOExportWrapper", "export_rtmo_onnx", "rtmo_card_dict", "load_rtmo_checkpoint", "INPUT_NAME",
+__all__ = ["RTMOExportWrapper", "export_rtmo_onnx", "rtmo_card_dict", "INPUT_NAME",
            "OUTPUT_NAMES"]
 
 INPUT_NAME = "input"
@@ -269,43 +269,3 @@ def _matched_error(d1: np.ndarray, k1: np.ndarray, d2: np.ndarray, k2: np.ndarra
         dk = np.abs(ka - kc[j]) - rtol * np.abs(kc[j])
         err = max(err, float(dd.max()), float(dk.max()))
     return err
-
-
-def load_rtmo_checkpoint(preset: str, weights: str | Path, overrides: Optional[Mapping[str, Any]] = None,
-                         use_ema: bool = True) -> nn.Module:
-    """An RTMO preset with weights from ``weights``, in eval mode.
-
-    ``weights``: a posekit training checkpoint (``"model"``, its ``"ema"`` weights when present and ``use_ema``,
-    its saved ``model.overrides`` unless ``overrides`` is given), or anything
-    :func:`~posekit.models.rtmo.load_mmpose_rtmo_checkpoint` reads (official ``.pth``, plain state_dict).
-    The load is strict.
-    """
-    from posekit.models.rtmo import build_rtmo, load_mmpose_rtmo_checkpoint
-
-    p = Path(weights)
-    if not p.is_file():
-        raise FileNotFoundError(f"RTMO weights not found: {p}")
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    over = dict(overrides or {})
-    state = ckpt
-    if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt.get("config"), dict):
-        cfg = ckpt["config"]
-        if overrides is None:
-            over = dict((cfg.get("model") or {}).get("overrides") or {})
-            size = (cfg.get("data") or {}).get("input_size")
-            if size:
-                over.setdefault("input_size", tuple(int(v) for v in size))
-        ema = ckpt.get("ema")
-        state = ema["module"] if (use_ema and isinstance(ema, dict) and "module" in ema) else ckpt["model"]
-    if "num_bins" in over:
-        over["num_bins"] = tuple(over["num_bins"])
-    if "input_size" in over:
-        over["input_size"] = tuple(over["input_size"])
-    if "num_keypoints" not in over and isinstance(state, dict):
-        sd = state.get("state_dict", state)
-        key = "head.head_module.out_kpt_vis.0.weight"
-        if key in sd:
-            over["num_keypoints"] = int(sd[key].shape[0])
-    model = build_rtmo(preset, **over)
-    load_mmpose_rtmo_checkpoint(model, state)
-    return model.eval()

@@ -11,7 +11,7 @@ preset's tunable fields and which returns the ``nn.Module``. Model families add 
 ``simplebaseline-r18|r50`` top-down: ResNet + three deconvolutions (:mod:`.topdown_presets`)
 ``vitpose-s|b|l|h``       top-down: plain ViT + classic decoder (``-simple``: the simple decoder)
 ``rtmpose-t|s|m|l``       top-down: CSPNeXt + SimCC head with GAU
-``cpm``                   top-down multi-stage: Convolutional Pose Machines (:mod:`.topdown_presets_stage`)
+``cpm``                   top-down multi-stage: Convolutional Pose Machines (:mod:`.topdown_presets.multi_stage`)
 ``hourglass-52``          top-down multi-stage: MMPose's Hourglass52
 ``cpn-r50``, ``cpn-tiny`` top-down: CPN (GlobalNet + RefineNet) on ResNet
 ========================  ==========================================================================
@@ -27,7 +27,6 @@ import torch.nn as nn
 from posekit.models.openpose import openpose_cmu_coco, openpose_light, openpose_tpami
 from posekit.models.rtmo import RTMO_PRESETS, build_rtmo
 from posekit.models.topdown_presets import TOPDOWN_PRESETS
-from posekit.models.topdown_presets_stage import STAGE_BUILDERS
 
 __all__ = ["PRESETS", "build_model", "list_models"]
 
@@ -50,7 +49,6 @@ def _rtmo_builder(name: str) -> Callable[..., nn.Module]:
 
 PRESETS.update({name: _rtmo_builder(name) for name in RTMO_PRESETS})
 PRESETS.update(TOPDOWN_PRESETS)
-PRESETS.update(STAGE_BUILDERS)
 
 
 def list_models() -> list[str]:

@@ -12,6 +12,7 @@ Outputs of :meth:`RTMO.decode` are in model-input pixels (pixel centres at integ
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -216,6 +217,16 @@ class RTMO(nn.Module):
             return self.decode(self.forward(x, with_kpt_offsets=False), **kw)
         finally:
             self.train(was)
+
+    def init_weights(self, prior_prob: float = 0.01) -> "RTMO":
+        """MMPose's head initialisation for training: the classification biases start at ``-log((1 - p) / p)``
+        (p = 0.01), so every prior begins as background. (Conv weights keep PyTorch's default Kaiming-uniform,
+        ``a = sqrt(5)``, which is the official ``init_cfg``.)"""
+        b = -math.log((1.0 - prior_prob) / prior_prob)
+        with torch.no_grad():
+            for conv in self.head.head_module.out_cls:
+                conv.bias.fill_(b)
+        return self
 
     def load_mmpose_checkpoint(self, ckpt: Union[str, Mapping[str, Any]], strict: bool = True):
         return load_mmpose_rtmo_checkpoint(self, ckpt, strict=strict)

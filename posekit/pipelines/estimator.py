@@ -102,7 +102,7 @@ class PoseEstimator:
         oks_nms_thr: top-down OKS-NMS threshold (None: off).
         backend: ``"onnx"``, ``"torch"`` or None (PyTorch for ``.pth``/``.pt`` weights or an ``nn.Module``, else
             ONNX). The PyTorch backend runs the preset named by ``model`` (the card's name) with the weights
-            (``posekit.runtime.torch_backend.load_torch_preset``) through the family's export wrapper, so the
+            (``posekit.models.checkpoints.load_preset``) through the family's export wrapper, so the
             pipelines see the outputs an exported file would give. Its card is the card given (a ``.yaml`` path,
             which must fit the model), else the built-in card of that name when it fits the model (same kind,
             input size, colour, mean/std), else the card ``posekit export`` would write for the model.
@@ -188,6 +188,7 @@ class PoseEstimator:
         PyTorch backend (see the class docstring)."""
         if backend not in (None, "auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'onnx', 'torch' or None, got {backend!r}")
+        from posekit.models import checkpoints as ck
         from posekit.runtime import torch_backend as tb
 
         module = None
@@ -198,7 +199,7 @@ class PoseEstimator:
                 raise ValueError(f"model must be a card name, a card .yaml path, a ModelCard or a PyTorch posekit "
                                  f"model, got {type(model).__name__}")
             module = model
-        torch_weights = tb.is_torch_weights(weights)
+        torch_weights = ck.is_torch_weights(weights)
         if backend == "onnx" and (module is not None or torch_weights):
             what = f"weights {weights}" if torch_weights else "a PyTorch model"
             raise ValueError(f"backend='onnx' cannot run {what}; use backend='torch' or an .onnx file")
@@ -224,14 +225,14 @@ class PoseEstimator:
             else:
                 name = s
             try:
-                tb.preset_family(name)
+                ck.preset_family(name)
             except KeyError:
                 where = f"model card '{name}' ({given.source})" if given is not None else f"{name!r}"
                 raise KeyError(f"{where}: PyTorch weights {weights} need the model preset of the same name, and "
                                f"there is none; use the preset's name (posekit.list_models()) or an .onnx "
                                f"file") from None
-            net = tb.load_torch_preset(name, weights)
-            settings = tb.checkpoint_settings(weights)
+            net = ck.load_preset(name, weights)
+            settings = ck.checkpoint_settings(weights)
         if device is not None:
             net = net.to(device)
         if given is not None:

@@ -13,32 +13,22 @@ OpenPose    :class:`posekit.export.onnx.MapsExportWrapper`                 ``paf
 RTMO        :class:`posekit.export.rtmo.RTMOExportWrapper`                 ``rtmo`` (raw BGR 0..255, letterbox)
 ==========  ============================================================  =====================================
 
-:func:`load_torch_preset` builds a preset and loads weights with the family's loader (posekit training
-checkpoints with EMA and saved overrides, MMPose checkpoints, plain state_dicts); :func:`card_for_model` builds the
-card the exporter would write; :func:`torch_runner` wraps a model for a card (checking that the card fits it).
-``PoseEstimator`` uses them for ``.pth`` / ``.pt`` weights (see docs/inference.md).
+Weights come from :func:`posekit.models.checkpoints.load_preset` (every family's checkpoints);
+:func:`card_for_model` builds the card the exporter would write; :func:`torch_runner` wraps a model for a card
+(checking that the card fits it). ``PoseEstimator`` uses them for ``.pth`` / ``.pt`` weights (see
+docs/inference.md).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from posekit.models.checkpoints import model_family
 from posekit.runtime.cards import ModelCard, card_from_dict
 
-__all__ = ["TorchModel", "torch_runner", "load_torch_preset", "card_for_model", "card_fits_model",
-           "model_family", "preset_family", "is_torch_weights", "TORCH_SUFFIXES"]
-
-#: weight file suffixes that select the PyTorch backend.
-TORCH_SUFFIXES = (".pth", ".pt")
-
-
-def is_torch_weights(path) -> bool:
-    """True for a ``.pth`` / ``.pt`` file name."""
-    return path is not None and Path(str(path)).suffix.lower() in TORCH_SUFFIXES
-
+__all__ = ["TorchModel", "torch_runner", "card_for_model", "card_fits_model"]
 
 class TorchModel:
     """An :class:`~posekit.runtime.onnx.OnnxModel` look-alike that runs a PyTorch module.
@@ -125,157 +115,6 @@ class TorchModel:
     def __repr__(self) -> str:
         return (f"TorchModel({type(self.module).__name__}, input={self.input_name}, outputs={self.output_names}, "
                 f"device={self.device})")
-
-
-# ---------------------------------------------------------------------------------------------- families
-def model_family(model) -> str:
-    """``"topdown"``, ``"rtmo"`` or ``"openpose"`` for a posekit model (ValueError otherwise)."""
-    from posekit.models.topdown import TopDownModel
-
-    if isinstance(model, TopDownModel):
-        return "topdown"
-    if hasattr(model, "config") and hasattr(getattr(model, "head", None), "dcc"):
-        return "rtmo"
-    if all(hasattr(model, a) for a in ("codec", "num_pafs", "num_heatmaps", "mean", "std", "stride", "schema")):
-        return "openpose"
-    raise ValueError(f"{type(model).__name__} is not a posekit top-down, RTMO or OpenPose model")
-
-
-def _stage_builders() -> dict:
-    try:
-        from posekit.models.topdown_presets_stage import STAGE_BUILDERS
-    except ImportError:  # pragma: no cover - the multi-stage family is optional
-        return {}
-    return dict(STAGE_BUILDERS)
-
-
-def _builder(preset: str):
-    from posekit.models.presets import PRESETS
-
-    if preset in PRESETS:
-        return PRESETS[preset]
-    stage = _stage_builders()
-    if preset in stage:
-        return stage[preset]
-    raise KeyError(f"unknown model preset {preset!r} (no PyTorch preset of that name); known: "
-                   f"{sorted(set(PRESETS) | set(stage))}")
-
-
-def preset_family(preset: str) -> str:
-    """The family of a preset name (``"topdown"``, ``"rtmo"``, ``"openpose"``); KeyError for an unknown one."""
-    from posekit.models.rtmo import RTMO_PRESETS
-    from posekit.models.topdown_presets import TOPDOWN_PRESETS
-
-    _builder(preset)
-    if preset in RTMO_PRESETS:
-        return "rtmo"
-    if preset in TOPDOWN_PRESETS or preset in _stage_builders():
-        return "topdown"
-    if preset.startswith("openpose"):
-        return "openpose"
-    raise KeyError(f"preset {preset!r} is not a pose model with a runtime path (top-down, RTMO, OpenPose)")
-
-
-def build_preset(preset: str, **overrides):
-    """A randomly initialised preset (``build_model``, or the multi-stage top-down builders) with ``.preset``."""
-    model = _builder(preset)(**overrides)
-    try:
-        model.preset = preset
-    except AttributeError:  # pragma: no cover
-        pass
-    return model
-
-
-def _read_checkpoint(path: Path):
-    import torch
-
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
-
-
-def _training_parts(ckpt, use_ema: bool) -> tuple[Any, dict, dict]:
-    """``(state, saved model overrides, config)`` of a posekit training checkpoint, else ``(ckpt, {}, {})``."""
-    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping) and isinstance(ckpt.get("config"),
-                                                                                           Mapping):
-        cfg = dict(ckpt["config"])
-        m = cfg.get("model") or {}
-        over = dict(m.get("overrides") or {}) if isinstance(m, Mapping) else {}
-        ema = ckpt.get("ema")
-        state = ema["module"] if (use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping)) \
-            else ckpt["model"]
-        return state, over, cfg
-    return ckpt, {}, {}
-
-
-def load_torch_preset(preset: str, weights: str | Path, overrides: Optional[Mapping[str, Any]] = None,
-                      use_ema: bool = True):
-    """Preset ``preset`` with the weights of ``weights`` (a ``.pth``/``.pt`` file), in eval mode.
-
-    The family's loader is used: OpenPose :func:`posekit.export.onnx.load_openpose_checkpoint`, RTMO
-    :func:`posekit.export.rtmo.load_rtmo_checkpoint`; top-down: a posekit training checkpoint (EMA weights when
-    present and ``use_ema``, the saved ``model.overrides`` unless ``overrides`` is given), an MMPose checkpoint or a
-    plain state_dict, loaded strictly with :func:`posekit.models.weights.load_weights` (multi-stage presets with
-    their MMPose 0.x key renaming).
-
-    Raises:
-        FileNotFoundError, KeyError (unknown preset), ValueError / RuntimeError (weights that do not fit).
-    """
-    family = preset_family(preset)
-    path = Path(weights)
-    if family == "openpose":
-        from posekit.export.onnx import load_openpose_checkpoint
-
-        return load_openpose_checkpoint(preset, path, overrides, use_ema=use_ema)
-    if family == "rtmo":
-        from posekit.export.rtmo import load_rtmo_checkpoint
-
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        return load_rtmo_checkpoint(preset, path, overrides, use_ema=use_ema)
-    ckpt = _read_checkpoint(path)
-    state, saved, cfg = _training_parts(ckpt, use_ema)
-    name = (cfg.get("model") or {}).get("name") if isinstance(cfg.get("model"), Mapping) else None
-    if name and name != preset:
-        raise ValueError(f"{path}: checkpoint was trained as model {name!r}, not {preset!r}")
-    over = dict(overrides) if overrides is not None else saved
-    over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in over.items()}
-    model = build_preset(preset, **over)
-    if preset in _stage_builders():
-        from posekit.models.topdown_presets_stage import load_mmpose_stage_checkpoint
-
-        load_mmpose_stage_checkpoint(model, state)
-    else:
-        from posekit.models.weights import load_weights
-
-        load_weights(model, state)
-    return model.eval()
-
-
-def checkpoint_settings(weights: str | Path) -> dict:
-    """What a posekit training checkpoint says about running the model: ``input_size`` (``data.input_size``) and,
-    for the ``openpose`` task, the association ``paf_params`` its evaluation used. Empty for other files."""
-    import torch
-
-    try:
-        ckpt = torch.load(Path(weights), map_location="cpu", weights_only=True)
-    except Exception:  # not a training checkpoint; the loader reports real problems
-        return {}
-    cfg = ckpt.get("config") if isinstance(ckpt, Mapping) else None
-    out: dict = {}
-    if isinstance(cfg, Mapping):
-        size = (cfg.get("data") or {}).get("input_size")
-        if size:
-            out["input_size"] = tuple(int(v) for v in size)
-        if cfg.get("task") == "openpose":
-            from posekit.training.tasks.openpose import DEFAULT_EVAL_PARAMS
-
-            out["paf_params"] = {**DEFAULT_EVAL_PARAMS,
-                                 **dict((cfg.get("task_options") or {}).get("paf_params") or {})}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- cards

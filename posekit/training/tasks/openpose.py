@@ -9,7 +9,7 @@
   normalised with the model's ``mean``/``std`` (``(x - 128) / 256``).
 * Loss: :class:`~posekit.losses.OpenPoseLoss` with ``reduction="batch"``: the per-image sum over stages, channels
   and map cells of ``W (pred - target)^2``, averaged over the images of the batch (a per-sample normaliser).
-* Evaluation: every image of the validation file through :func:`posekit.export.onnx.torch_paf_pipeline` (the
+* Evaluation: every image of the validation file through :func:`posekit.pipelines.bottomup.torch_paf_pipeline` (the
   PyTorch model in the same :class:`~posekit.pipelines.bottomup.PafPipeline` as exported ONNX models), people in
   image pixels, COCO keypoint AP against ``data.val_ann``.
 
@@ -17,7 +17,7 @@
 ``max_rotation`` (15 degrees), ``max_translate`` (0.1), ``color_jitter`` (0.0: the brightness/contrast/saturation
 strength), ``sigma`` (7 * sqrt(2) px), ``limb_width`` (the stride), ``min_keypoints`` (1).
 
-``task_options`` (all optional): ``paf_params``: :class:`~posekit.pipelines.bottomup.PafParams` fields for the
+``task_options`` (all optional): ``paf_params``: :class:`~posekit.association.params.PafParams` fields for the
 evaluation (defaults: :data:`DEFAULT_EVAL_PARAMS`, images resized to the input height keeping the aspect).
 """
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from posekit.association.params import DEFAULT_EVAL_PARAMS, PafParams
 from posekit.training.tasks.base import TrainTask, merge_data_options
 
 __all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "SYNTH_EASY", "eval_params_for", "make_synthetic_splits"]
@@ -50,15 +51,6 @@ SYNTH_EASY: dict = {
     "background": "plain",
 }
 
-#: association settings for the small maps of CPU-trained models (stride 8 on ~100-200 px inputs): finer peaks
-#: (confidence maps upsampled 2x), no length prior (people fill a large part of a small image), 3 parts suffice.
-DEFAULT_EVAL_PARAMS: dict = {
-    "upsample": 2,
-    "peak_threshold": 0.1,
-    "min_parts": 3,
-    "length_prior": 0.0,
-}
-
 _DATA_OPTIONS = {
     "augment": True,
     "flip_prob": 0.5,
@@ -73,10 +65,8 @@ _DATA_OPTIONS = {
 
 
 def eval_params_for(input_size, paf_params: dict | None = None):
-    """:class:`~posekit.pipelines.bottomup.PafParams` for evaluation at ``input_size = (w, h)``: images resized to
+    """:class:`~posekit.association.params.PafParams` for evaluation at ``input_size = (w, h)``: images resized to
     height ``h`` (aspect kept, width a multiple of 8), :data:`DEFAULT_EVAL_PARAMS` updated by ``paf_params``."""
-    from posekit.pipelines.bottomup import PafParams
-
     p = {"input_mode": "keep_aspect", "target_height": int(input_size[1]), "size_multiple": 8,
          **DEFAULT_EVAL_PARAMS, **dict(paf_params or {})}
     return PafParams.from_dict(p, "task_options.paf_params")
@@ -186,7 +176,7 @@ class OpenPoseTask(TrainTask):
     def predict(self, model: nn.Module, val) -> dict[int, list]:
         """``{image_id: [Person, ...]}`` for every image of ``val`` (a ``CocoPoseDataset``), image pixels."""
         from posekit.data.io import read_image
-        from posekit.export.onnx import torch_paf_pipeline
+        from posekit.pipelines.bottomup import torch_paf_pipeline
 
         pipe = torch_paf_pipeline(model, eval_params_for(self.input_size, self.paf_params))
         index = val.index

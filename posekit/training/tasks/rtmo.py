@@ -8,7 +8,7 @@
 * Model: ``build_rtmo(model.name, **model.overrides)`` (``rtmo-t/s/m/l``, any :class:`RTMOConfig` field),
   ``num_keypoints`` from the annotation file; classification biases initialised to the 0.01 prior. Input raw BGR
   0..255, as the official models.
-* Loss: :class:`~posekit.models.rtmo_train.RTMOCriterion`; its weights are config values (``task_options``), and
+* Loss: :class:`~posekit.losses.rtmo.RTMOCriterion`; its weights are config values (``task_options``), and
   the official mid-training change (``switch_epoch``, ``switch``) is applied from that epoch on.
 * Evaluation: every validation image letterboxed (top-left, 114) to the input size, ``model.predict``, people
   mapped back to image pixels, COCO keypoint AP against ``data.val_ann``.
@@ -17,10 +17,10 @@
 ``max_rotation`` (10 degrees), ``max_translate`` (0.1), ``mosaic_prob`` (0.0), ``mixup_prob`` (0.0),
 ``color_jitter`` (0.0), ``min_keypoints`` (1).
 
-``task_options`` (all optional): ``loss``: :class:`~posekit.models.rtmo_train.RTMOLossWeights` fields (defaults:
+``task_options`` (all optional): ``loss``: :class:`~posekit.losses.rtmo.RTMOLossWeights` fields (defaults:
 the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1); ``switch_epoch`` (0-based epoch, null: never) and
 ``switch`` (the fields that change then; official: ``{proxy_target_cc: true, mle: 5.0, oks: 10.0}`` at 280);
-``assigner``: :class:`~posekit.models.rtmo_train.SimOTAAssigner` fields; ``score_thr`` (0.1) and ``nms_thr``
+``assigner``: :class:`~posekit.losses.rtmo.SimOTAAssigner` fields; ``score_thr`` (0.1) and ``nms_thr``
 (0.65) for the evaluation; ``backbone_onnx`` (a YOLOX ONNX export, e.g. ``../shared/weights/yolox_nano_8xb8-
 300e_humanart-40f6f0d0.onnx``, relative paths from the working directory): start the CSPDarknet from that detector's
 backbone, as the official recipe starts from a COCO-trained YOLOX (the model must have its settings: YOLOX-nano is
@@ -260,7 +260,7 @@ class RTMOTask(TrainTask):
 
     # ------------------------------------------------------------------ options
     def _task_options(self, cfg) -> None:
-        from posekit.models.rtmo_train import RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner
+        from posekit.losses.rtmo import RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner
 
         t = dict(cfg.task_options)
         unknown = set(t) - set(_TASK_OPTIONS)
@@ -338,7 +338,6 @@ class RTMOTask(TrainTask):
     # ------------------------------------------------------------------ model and loss
     def build_model(self, cfg) -> nn.Module:
         from posekit.models.rtmo import build_rtmo
-        from posekit.models.rtmo_train import init_rtmo_for_training
 
         over = dict(cfg.model.overrides)
         over.setdefault("num_keypoints", self.num_keypoints)
@@ -351,7 +350,7 @@ class RTMOTask(TrainTask):
                              f"has {self.num_keypoints} keypoints")
         if self.sigmas is not None and len(self.sigmas) == self.num_keypoints:
             model.head.loss_oks.sigmas.copy_(torch.as_tensor(self.sigmas, dtype=torch.float32))
-        init_rtmo_for_training(model)
+        model.init_weights()
         if self.backbone_onnx:
             self._init_backbone(model)
         return model
@@ -373,13 +372,13 @@ class RTMOTask(TrainTask):
     def weights_at(self, epoch: int):
         """The loss weights of ``epoch`` (0-based)."""
         if self.schedule is None:
-            from posekit.models.rtmo_train import RTMOLossSchedule
+            from posekit.losses.rtmo import RTMOLossSchedule
 
             self.schedule = RTMOLossSchedule()
         return self.schedule.at(epoch)
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        from posekit.models.rtmo_train import RTMOCriterion
+        from posekit.losses.rtmo import RTMOCriterion
         from posekit.training.ema import unwrap_model
 
         net = unwrap_model(model)

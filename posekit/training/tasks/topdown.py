@@ -418,7 +418,7 @@ class TopDownTask(TrainTask):
         self.global_codecs = {}
         cfg_obj = getattr(model, "config", None)
         if cfg_obj is not None and hasattr(cfg_obj, "global_sigmas"):
-            from posekit.models.topdown_presets_stage import cpn_global_codecs
+            from posekit.models.topdown_presets import cpn_global_codecs
 
             self.global_codecs = {d: [_dark(c) if dark else c for c in cpn_global_codecs(cfg_obj)]
                                   for d in model.decoders}

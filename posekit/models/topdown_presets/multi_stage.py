@@ -1,6 +1,6 @@
 """Multi-stage top-down models: Convolutional Pose Machines, Stacked Hourglass and CPN.
 
-Each preset is a frozen config dataclass in :data:`STAGE_PRESETS`; :func:`build_stage_model` turns a preset
+Each preset is a frozen config dataclass in :data:`STAGE_CONFIGS`; :func:`build_stage_model` turns a preset
 name (or a config) into a :class:`StageTopDownModel` -- a :class:`posekit.models.topdown.TopDownModel` whose
 head returns every stage:
 
@@ -17,18 +17,16 @@ stage / stack, for :func:`posekit.losses.stage.stage_l2_loss`) and, for CPN, ``"
 levels, deepest first; the RefineNet output is ``"heatmaps"``). ``model.decode(raw)`` gives keypoints in
 model-input pixels (MSRA heatmap decoding of the last stage).
 
-Official MMPose checkpoints (``url``) load strictly with :func:`load_mmpose_stage_checkpoint` (MMPose 0.x
-``keypoint_head.*`` keys are renamed to ``head.*`` as MMPose 1.x does).
+Official MMPose checkpoints (``url``) load strictly with :func:`posekit.models.topdown_presets.load_topdown_weights`
+(MMPose 0.x ``keypoint_head.*`` keys are renamed to ``head.*`` as MMPose 1.x does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-import torch
 import torch.nn as nn
 
 from posekit.codecs.heatmap import HeatmapCodec, heatmap_codec_from_mmpose
@@ -38,13 +36,11 @@ from posekit.models.backbones.resnet import ResNet
 from posekit.models.cpn import CPNHead
 from posekit.models.heads.cpm import CPMHead
 from posekit.models.topdown import TopDownModel
-from posekit.models.weights import extract_state_dict, load_weights
 from posekit.schema import get_schema
 
 __all__ = [
-    "CPMConfig", "HourglassConfig", "CPNConfig", "STAGE_PRESETS", "STAGE_BUILDERS", "StageTopDownModel",
-    "build_stage_model", "stage_config_from_mmpose", "build_stage_model_from_mmpose_meta",
-    "load_mmpose_stage_checkpoint", "cpn_global_codecs",
+    "CPMConfig", "HourglassConfig", "CPNConfig", "STAGE_CONFIGS", "StageTopDownModel",
+    "MULTI_STAGE_PRESETS", "build_stage_model", "stage_config_from_mmpose", "cpn_global_codecs",
 ]
 
 _MMPOSE = "https://download.openmmlab.com/mmpose/top_down/"
@@ -144,7 +140,7 @@ class CPNConfig(_Replace):
 StageConfig = Union[CPMConfig, HourglassConfig, CPNConfig]
 
 #: Official configurations (MMPose configs/body_2d_keypoint/topdown_heatmap/coco/ and the CPN paper).
-STAGE_PRESETS: Dict[str, StageConfig] = {
+STAGE_CONFIGS: Dict[str, StageConfig] = {
     "cpm": CPMConfig(url=_MMPOSE + "cpm/cpm_coco_256x192-aa4ba095_20200817.pth"),
     "hourglass-52": HourglassConfig(url=_MMPOSE + "hourglass/hourglass52_coco_256x256-4ec713ba_20200709.pth"),
     "cpn-r50": CPNConfig(),
@@ -230,14 +226,14 @@ def cpn_global_codecs(cfg: CPNConfig) -> List[HeatmapCodec]:
 
 
 def build_stage_model(name_or_config: Union[str, StageConfig] = "cpm", **overrides: Any) -> StageTopDownModel:
-    """A randomly initialised model from a preset name of :data:`STAGE_PRESETS` or a config, with optional
+    """A randomly initialised model from a preset name of :data:`STAGE_CONFIGS` or a config, with optional
     field overrides (``build_stage_model("cpm", num_stages=3)``)."""
     preset = None
     if isinstance(name_or_config, str):
-        if name_or_config not in STAGE_PRESETS:
-            raise KeyError(f"unknown multi-stage preset {name_or_config!r}; available: {sorted(STAGE_PRESETS)}")
+        if name_or_config not in STAGE_CONFIGS:
+            raise KeyError(f"unknown multi-stage preset {name_or_config!r}; available: {sorted(STAGE_CONFIGS)}")
         preset = name_or_config
-        cfg = STAGE_PRESETS[name_or_config]
+        cfg = STAGE_CONFIGS[name_or_config]
     elif isinstance(name_or_config, (CPMConfig, HourglassConfig, CPNConfig)):
         cfg = name_or_config
     else:
@@ -258,12 +254,12 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 
     builder.__name__ = builder.__qualname__ = name.replace("-", "_")
     builder.__doc__ = (f"Multi-stage top-down preset {name!r} (overrides: any "
-                       f"{type(STAGE_PRESETS[name]).__name__} field).")
+                       f"{type(STAGE_CONFIGS[name]).__name__} field).")
     return builder
 
 
-#: preset name -> builder(**overrides) (for ``posekit.models.presets.PRESETS``).
-STAGE_BUILDERS: Dict[str, Callable[..., nn.Module]] = {name: _builder(name) for name in STAGE_PRESETS}
+#: preset name -> builder(**overrides) (part of :data:`posekit.models.topdown_presets.TOPDOWN_PRESETS`).
+MULTI_STAGE_PRESETS: Dict[str, Callable[..., nn.Module]] = {name: _builder(name) for name in STAGE_CONFIGS}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,28 +336,3 @@ def stage_config_from_mmpose(model_cfg: Mapping[str, Any],
                                                                                              (128, 256))),
                                **common)
     raise ValueError(f"unsupported MMPose backbone.type={btype!r} (expected CPM or HourglassNet)")
-
-
-def build_stage_model_from_mmpose_meta(meta: Mapping[str, Any]) -> StageTopDownModel:
-    """A model from a parity ``meta.json`` dict (``model_cfg`` + ``constructor_defaults_not_in_cfg``)."""
-    if "model_cfg" not in meta:
-        raise KeyError("meta has no 'model_cfg' field")
-    return build_stage_model(stage_config_from_mmpose(meta["model_cfg"], meta.get("constructor_defaults_not_in_cfg")))
-
-
-def load_mmpose_stage_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]]) -> nn.Module:
-    """Load an official MMPose CPM / Hourglass checkpoint (a path or a loaded dict) strictly.
-
-    MMPose 0.x ``keypoint_head.*`` keys become ``head.*`` (MMPose 1.x's own compatibility rename);
-    ``data_preprocessor.*`` is ignored. Raises FileNotFoundError / ValueError / ``WeightsError`` (a
-    RuntimeError listing missing, unexpected and mis-shaped keys) like :func:`posekit.models.weights.load_weights`.
-    """
-    where = "checkpoint"
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        where = str(path)
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    sd, _ = extract_state_dict(source, where)
-    return load_weights(model, {"state_dict": sd})  # keypoint_head.* -> head.*: TopDownModel's load hook

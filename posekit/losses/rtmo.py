@@ -1,4 +1,4 @@
-"""RTMO training: SimOTA dynamic-k assignment with the OKS cost, and the RTMO losses, in plain PyTorch.
+"""RTMO's losses: SimOTA dynamic-k assignment with the OKS cost, and the RTMO loss terms, in plain PyTorch.
 
 Frames: every coordinate is in **model-input pixels** (the network input, pixel centres at integer
 coordinates), like :mod:`posekit.models.heads.rtmo`. Ground truth per image is a dict of tensors:
@@ -57,7 +57,6 @@ __all__ = [
     "oks_loss",
     "mle_target_heatmaps",
     "mle_cc_loss",
-    "init_rtmo_for_training",
 ]
 
 _INF = 100000.0
@@ -466,13 +465,3 @@ class RTMOCriterion:
                                             + raw["bbox_preds"] + raw["kpt_offsets"])
         out["num_pos"] = torch.tensor(float(n_pos))
         return out
-
-
-def init_rtmo_for_training(model, prior_prob: float = 0.01) -> None:
-    """MMPose's head initialisation: the classification biases start at ``-log((1 - p) / p)`` (p = 0.01), so every
-    prior begins as background. (Conv weights keep PyTorch's default Kaiming-uniform, ``a = sqrt(5)``, which is
-    the official ``init_cfg``.)"""
-    b = -math.log((1.0 - prior_prob) / prior_prob)
-    with torch.no_grad():
-        for conv in model.head.head_module.out_cls:
-            conv.bias.fill_(b)

@@ -1,35 +1,31 @@
-"""Top-down presets (SimpleBaseline, ViTPose, RTMPose) with their official configurations and checkpoints.
+"""Single-stage top-down presets: SimpleBaseline, ViTPose and RTMPose, with their official configurations.
 
-``TOPDOWN_PRESETS``: preset name -> builder (``builder(**overrides) -> TopDownModel``). Every preset is the
+:data:`SINGLE_STAGE_PRESETS`: preset name -> builder (``builder(**overrides) -> TopDownModel``). Every preset is the
 COCO-17, 256x192 (H x W) configuration of MMPose 1.x; ``model.url`` is the official checkpoint (``None`` where
-MMPose publishes none). Weights load with :func:`load_topdown_weights` (MMPose 1.x keys, or the official ViTPose
-repository's keys, strictly).
+MMPose publishes none). :data:`TOPDOWN_CPU_PRESETS` holds reduced configurations for CPU training runs.
 
-``topdown_from_mmpose_config(model_cfg)`` builds a :class:`TopDownModel` from an MMPose ``TopdownPoseEstimator``
-config dict (ResNet / mmpretrain VisionTransformer / CSPNeXt backbones, FeatureMapProcessor neck, HeatmapHead /
-RTMCCHead heads, MSRAHeatmap / UDPHeatmap / SimCCLabel codecs).
+:func:`topdown_from_mmpose_config` builds a :class:`TopDownModel` from an MMPose ``TopdownPoseEstimator`` config
+dict (ResNet / mmpretrain VisionTransformer / CSPNeXt backbones, FeatureMapProcessor neck, HeatmapHead / RTMCCHead
+heads, MSRAHeatmap / UDPHeatmap / SimCCLabel codecs).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-
-from ..codecs.heatmap import HeatmapCodec, heatmap_codec_from_mmpose
-from ..codecs.simcc import RTMPOSE_SIMCC_SIGMA, SimCCCodec, simcc_codec_from_mmpose
-from ..schema import get_schema
-from .backbones.cspnext import CSPNeXt
-from .backbones.resnet import ResNet
-from .backbones.vit import VisionTransformer
-from .heads.heatmap import FeatureMapProcessor, HeatmapHead
-from .heads.simcc import RTMCCHead
-from .topdown import TopDownModel
-from .weights import load_weights
+from posekit.codecs.heatmap import HeatmapCodec, heatmap_codec_from_mmpose
+from posekit.codecs.simcc import RTMPOSE_SIMCC_SIGMA, SimCCCodec, simcc_codec_from_mmpose
+from posekit.models.backbones.cspnext import CSPNeXt, cspnext_out_channels
+from posekit.models.backbones.resnet import ResNet
+from posekit.models.backbones.vit import VisionTransformer
+from posekit.models.heads.heatmap import FeatureMapProcessor, HeatmapHead
+from posekit.models.heads.simcc import RTMCCHead
+from posekit.models.topdown import TopDownModel
+from posekit.schema import get_schema
 
 __all__ = [
-    "TOPDOWN_PRESETS", "TOPDOWN_URLS", "build_topdown", "build_simplebaseline", "build_vitpose", "build_rtmpose",
-    "build_rtmpose_nano", "TOPDOWN_CPU_PRESETS",
-    "topdown_from_mmpose_config", "build_topdown_from_mmpose_meta", "load_topdown_weights",
+    "SINGLE_STAGE_PRESETS", "TOPDOWN_URLS", "TOPDOWN_CPU_PRESETS", "build_simplebaseline", "build_vitpose",
+    "build_rtmpose", "build_rtmpose_nano", "topdown_from_mmpose_config",
 ]
 
 _MM = "https://download.openmmlab.com/mmpose/v1/"
@@ -136,8 +132,6 @@ def build_rtmpose_nano(schema: str = "coco17", input_size=(96, 128), deepen_fact
     flattens a ``ceil(W / stride) x ceil(H / stride)`` map per keypoint, so small inputs need a smaller stride
     (RTMPose's 192x256 gives 6x8 = 48 values; 64x64 at stride 32 would give only 2x2). ``sigma`` (bins,
     ``(sx, sy)`` or a float) defaults to RTMPose's (4.9, 5.66) at 192x256 scaled linearly with the input size."""
-    from .backbones.cspnext import cspnext_out_channels
-
     k = get_schema(schema).num_keypoints
     W, H = (int(v) for v in input_size)
     if W < 32 or H < 32:
@@ -170,32 +164,22 @@ def _preset(builder: Callable, name: str, **kw) -> Callable[..., TopDownModel]:
     return make
 
 
-TOPDOWN_PRESETS: Dict[str, Callable[..., TopDownModel]] = {
+SINGLE_STAGE_PRESETS: Dict[str, Callable[..., TopDownModel]] = {
     "simplebaseline-r50": _preset(build_simplebaseline, "simplebaseline-r50", depth=50),
     "simplebaseline-r18": _preset(build_simplebaseline, "simplebaseline-r18", depth=18),
 }
 for _s in "sblh":
-    TOPDOWN_PRESETS[f"vitpose-{_s}"] = _preset(build_vitpose, f"vitpose-{_s}", arch=_s, decoder="classic")
-    TOPDOWN_PRESETS[f"vitpose-{_s}-simple"] = _preset(build_vitpose, f"vitpose-{_s}-simple", arch=_s,
+    SINGLE_STAGE_PRESETS[f"vitpose-{_s}"] = _preset(build_vitpose, f"vitpose-{_s}", arch=_s, decoder="classic")
+    SINGLE_STAGE_PRESETS[f"vitpose-{_s}-simple"] = _preset(build_vitpose, f"vitpose-{_s}-simple", arch=_s,
                                                       decoder="simple")
 for _s in "tsml":
-    TOPDOWN_PRESETS[f"rtmpose-{_s}"] = _preset(build_rtmpose, f"rtmpose-{_s}", size=_s)
+    SINGLE_STAGE_PRESETS[f"rtmpose-{_s}"] = _preset(build_rtmpose, f"rtmpose-{_s}", size=_s)
 
-#: reduced configurations without official weights, for CPU training runs (not in :data:`TOPDOWN_PRESETS`,
+#: reduced configurations without official weights, for CPU training runs (not in :data:`SINGLE_STAGE_PRESETS`,
 #: which lists the official MMPose configurations): ``rtmpose-nano`` (not MMPose's "rtmpose-tiny" = rtmpose-t).
 TOPDOWN_CPU_PRESETS: Dict[str, Callable[..., TopDownModel]] = {
     "rtmpose-nano": lambda **kw: build_rtmpose_nano(**{"preset": "rtmpose-nano", **kw}),
 }
-
-
-def build_topdown(name: str, weights=None, **overrides) -> TopDownModel:
-    """Build preset ``name`` (see :data:`TOPDOWN_PRESETS`); load ``weights`` (path or loaded checkpoint) if given."""
-    if name not in TOPDOWN_PRESETS:
-        raise KeyError(f"unknown top-down preset {name!r}; available: {sorted(TOPDOWN_PRESETS)}")
-    model = TOPDOWN_PRESETS[name](**overrides)
-    if weights is not None:
-        load_topdown_weights(model, weights)
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------ MMPose configs
@@ -283,17 +267,3 @@ def topdown_from_mmpose_config(model_cfg: Mapping[str, Any], schema: str = "coco
                         mean=tuple(pre.get("mean", (123.675, 116.28, 103.53))),
                         std=tuple(pre.get("std", (58.395, 57.12, 57.375))),
                         bgr_to_rgb=bool(pre.get("bgr_to_rgb", True)))
-
-
-def build_topdown_from_mmpose_meta(meta: Mapping[str, Any]) -> TopDownModel:
-    """:func:`topdown_from_mmpose_config` on a reference ``meta.json`` dict (its ``model_cfg``), in eval mode."""
-    if "model_cfg" not in meta:
-        raise KeyError("meta has no 'model_cfg'")
-    return topdown_from_mmpose_config(meta["model_cfg"]).eval()
-
-
-def load_topdown_weights(model: TopDownModel, source) -> TopDownModel:
-    """Load an official checkpoint strictly: MMPose 1.x layout (``backbone.*``, ``head.*``) or the official
-    ViTPose repository's layout (``backbone.blocks.*``, ``keypoint_head.*``), converted on the fly
-    (:meth:`TopDownModel.convert_official_state_dict`); the same as :func:`posekit.load_weights`."""
-    return load_weights(model, source)
