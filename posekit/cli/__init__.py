@@ -18,6 +18,7 @@ COMMANDS = {
     "predict": "predict",
     "export": "export",
     "train": "train",
+    "compare": "compare",
 }
 
 
