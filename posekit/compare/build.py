@@ -87,6 +87,15 @@ def build_estimator(spec: PipelineSpec, work_dir: str | Path):
     if spec.random_weights:
         weights = str(write_random_checkpoint(spec.model, spec.overrides, Path(work_dir) / "weights" /
                                               f"{spec.name}.pt", spec.seed, spec.input_size))
+        if spec.input_size is not None:  # a built-in card of the same name (rtmo-*) would impose its own size
+            from posekit.runtime.cards import load_card
+
+            try:
+                card = load_card(spec.model)
+            except (KeyError, FileNotFoundError, ValueError):
+                card = None
+            if card is not None and not card.is_topdown:
+                model = _card_with_input_size(spec.model, spec.input_size)
     elif spec.overrides:
         raise ValueError(f"pipeline '{spec.name}': 'overrides' only apply to weights: random (a checkpoint "
                          f"carries its own)")
