@@ -202,7 +202,7 @@ def test_sweep_topdown_slope_and_flat_network(tmp_path):
     crops = person_crops(root / "person_keypoints.json", root / "images", max_crops=32)
     assert len(crops) == 32
     td = PipelineSpec("rtmpose", "rtmpose-t", weights="random", boxes="gt", threads=1)
-    s = run_sweep(build_estimator(td, tmp_path), td, crops, counts=(1, 2, 4, 8, 16, 32), repeats=3,
+    s = run_sweep(build_estimator(td, tmp_path), td, crops, counts=(1, 2, 4, 8, 16, 32), repeats=5,
                   progress=False)
     print("top-down fit (best of repeats)", s["fit_pose_part_best"], "single crop", s["single_crop"], "ratio",
           s["slope_vs_single_crop"], "ratio of medians", s["slope_vs_single_crop_median"])
