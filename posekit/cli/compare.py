@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", metavar="DIR", help="output folder (default: compare-out, or the config's out_dir)")
     p.add_argument("--sweep", action="store_true", help="controlled scaling sweep: N = 1..32 people on one canvas")
     p.add_argument("--sweep-counts", metavar="N,N,...", help="people per canvas (default 1,2,4,8,16,32)")
-    p.add_argument("--sweep-repeats", type=int, metavar="R", help="repeats of every canvas (default 3)")
+    p.add_argument("--sweep-repeats", type=int, metavar="R", help="repeats of every canvas (default 5)")
     p.add_argument("--stages", action="store_true",
                    help="multi-stage study on the pipelines with stages=true (CPM, Hourglass, OpenPose presets)")
     p.add_argument("--threads", type=int, metavar="N", help="threads of every pipeline (overrides their own)")

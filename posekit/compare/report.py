@@ -215,7 +215,8 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for n, s in report["sweep"].items():
             f = s["fit_pose_part_best"] if "single_crop" in s else s["fit_total"]
             rows.append([n, s["paradigm"]] + [_f(r["ms"], "{:.1f}") for r in s["rows"]]
-                        + [_f(f["slope"], "{:+.2f}"), _f(f["r2"], "{:.2f}"), f"{100 * s['network_flat']:.1f} %",
+                        + [_f(f["slope"], "{:+.2f}"), _f(f["r2"], "{:.2f}"),
+                           "–" if "single_crop" in s else f"{100 * s['network_flat']:.1f} %",
                            _f(s.get("single_crop", {}).get("network_ms_best"), "{:.1f}"),
                            _f(s.get("slope_vs_single_crop"), "{:.2f}")])
         counts = next(iter(report["sweep"].values()))["counts"]

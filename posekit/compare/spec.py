@@ -187,7 +187,7 @@ class CompareConfig:
     sweep: bool = False
     sweep_counts: tuple[int, ...] = SWEEP_COUNTS
     sweep_canvas: tuple[int, int] = (768, 576)
-    sweep_repeats: int = 3
+    sweep_repeats: int = 5
     stages: bool = False
     warmup: int = 1
     max_images: int | None = None
