@@ -57,7 +57,7 @@ def make_data(out: Path, n_train: int, per_level: int) -> dict:
             d = out / "test" / f"level-{label}"
             kw = {k: v for k, v in synth.items() if k not in ("size", "min_people", "max_people")}
             js = make_synthetic_dataset(d, per_level, size=SIZE, seed=200 + i, min_people=lo, max_people=hi,
-                                        crowd_prob=0.0, **kw)
+                                        crowd_prob=0.0, small_prob=0.0, occluder_prob=0.0, **kw)
             data = json.loads(Path(js).read_text())
             merged["categories"] = data["categories"]
             id_map = {}
