@@ -280,3 +280,23 @@ def test_stages_one_row_per_stage_time_grows(tmp_path):
     with pytest.raises(ValueError, match="needs a multi-stage preset"):
         stage_field("rtmpose-t")
     assert (tmp_path / "stages.png").is_file()
+
+
+def test_crowd_index_bins_when_the_file_has_them(compared, tmp_path):
+    """AP by CrowdPose's crowd index (easy < 0.2 <= medium < 0.8 <= hard) when every image has a crowdIndex."""
+    from posekit.compare.run import accuracy
+
+    out, rep = compared
+    gt = json.loads(shared_path(*DATA, "person_keypoints.json").read_text())
+    idx = {}
+    for i, im in enumerate(gt["images"]):
+        im["crowdIndex"] = (0.1, 0.5, 0.9, 0.95)[i % 4]
+        idx[im["id"]] = im["crowdIndex"]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    rows = [{**r, "crowd_index": idx[r["image_id"]]} for r in rep["pipelines"]["tfpose"]["per_image"]]
+    acc = accuracy(tmp_path / "gt.json", out / "results" / "tfpose.json", rows)
+    assert [(k, v["images"]) for k, v in acc["by_crowd_index"].items()] == [("easy <0.2", 1), ("medium <0.8", 1),
+                                                                           ("hard", 2)]
+    assert acc["stats"]["AP"] == rep["pipelines"]["tfpose"]["accuracy"]["stats"]["AP"]
+    assert "by_crowd_index" in rep["pipelines"]["tfpose"]["accuracy"] and \
+        not rep["pipelines"]["tfpose"]["accuracy"]["by_crowd_index"]  # mmpose-coco has no crowdIndex

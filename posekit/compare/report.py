@@ -365,7 +365,8 @@ def make_plots(report: dict, out: Path) -> list[str]:
             ax.scatter([c], [a], color=colors[n], s=40, label=f"{n} ({ok[n]['paradigm']})")
             ax.annotate(n, (c, a), fontsize=7, xytext=(4, 4 + 9 * (i % 4)), textcoords="offset points")
         front = pareto_front(cost, ap)
-        ax.plot([cost[i] for i in front], [ap[i] for i in front], "k--", lw=1, label="Pareto front")
+        ax.plot([cost[i] for i in front], [ap[i] for i in front], "k--", lw=1, drawstyle="steps-post",
+                label="Pareto front")
         ax.set_xlabel("median ms per image (log scale)")
         ax.set_xscale("log")
         ax.set_ylabel("AP")
