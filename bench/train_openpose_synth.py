@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from posekit.training.config import load_config
-from posekit.training.tasks.openpose import SYNTH_EASY, make_synthetic_splits
+from posekit.training.tasks.openpose import SYNTH_EASY, make_synthetic_splits, synth_easy
 from posekit.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,7 @@ def main() -> int:
     out = Path(args.out)
     data_dir = out / "data"
     w, h = args.size
-    ref_h = SYNTH_EASY["size"][1]
-    synth = {**SYNTH_EASY, "size": (w, h), "views": args.views, "background": args.background,
-             "head_range": tuple(v * h / ref_h for v in SYNTH_EASY["head_range"])}
+    synth = {**synth_easy((w, h)), "views": args.views, "background": args.background}
     t0 = time.perf_counter()
     if (data_dir / "val" / "person_keypoints_inside.json").is_file():
         paths = {"train_ann": str(data_dir / "train" / "person_keypoints.json"),

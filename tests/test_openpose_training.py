@@ -1,11 +1,10 @@
-"""OpenPose training task: targets/loss plumbing, and the default-suite end-to-end run: a short CPU run of the light
-model on an easy synthetic set made here raises COCO AP on held-out images from 0 to >= 0.5 (the issue's bar), and
-the trained model gives the same people through the exported ONNX file and ``PoseEstimator`` as through the PyTorch
-pipeline."""
+"""OpenPose training task: targets/loss plumbing, and end-to-end runs of the light model on easy synthetic people
+made here: the default suite trains a quick run at 96x144 that must raise held-out COCO AP from 0 to >= 0.15; the
+slow run (``-m slow``) is the recipe, to AP >= 0.5. Both export the trained model and check that the ONNX file gives
+the same people through ``PoseEstimator`` as the PyTorch pipeline."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ import torch
 
 from posekit.training.config import config_from_dict, load_config
 from posekit.training.tasks import get_task
-from posekit.training.tasks.openpose import SYNTH_EASY, OpenPoseTask, eval_params_for, make_synthetic_splits
+from posekit.training.tasks.openpose import (SYNTH_EASY, OpenPoseTask, eval_params_for, make_synthetic_splits,
+                                             synth_easy)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "openpose-light-synth.yaml"
 SIZE = 160
@@ -136,10 +136,11 @@ def test_synth_cli_easy_flags(tmp_path, capsys):
     assert rc == 1 and "--head-range" in capsys.readouterr().err
 
 
-def test_short_run_reaches_ap_and_exports(tmp_path):
-    """The recipe of configs/openpose-light-synth.yaml (600 AdamW steps of 16 images, 128x192) on SYNTH_EASY data
-    (800 training images, 30 held-out ones). Measured (docs/training-openpose.md): AP 0.706 / AP50 1.0 with this
-    data seed (12), 0.610 / 1.0 with seed 11; the bar is the issue's 0.5."""
+def _train_and_export(tmp_path, overrides: list[str], synth: dict, num_train: int, seed: int):
+    """Train configs/openpose-light-synth.yaml with ``overrides`` on easy synthetic data (``synth``: arguments of
+    :func:`make_synthetic_splits`, ``num_train`` training and 30 held-out images, data seed ``seed``), one torch
+    thread (conftest). Then export the last checkpoint to ONNX and check that ``PoseEstimator`` on the file finds
+    the same people as the PyTorch pipeline on 10 held-out images. Returns ``(AP before, AP after, steps)``."""
     from posekit.data.io import read_image
     from posekit.export.onnx import export_openpose_onnx
     from posekit.models.checkpoints import load_openpose_checkpoint
@@ -147,43 +148,60 @@ def test_short_run_reaches_ap_and_exports(tmp_path):
     from posekit.pipelines.estimator import PoseEstimator
     from posekit.training.trainer import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    try:
-        data = make_synthetic_splits(tmp_path / "data", num_train=800, num_val=30, seed=12, **SYNTH_EASY)
-        cfg = load_config(CONFIG, [f"data.{k}={v}" for k, v in data.items()] + [
-            f"out_dir={tmp_path / 'run'}", "progress=false", "eval.every_epochs=1000", "checkpoint.save_best=false"])
-        w, h = cfg.data.input_size
-        assert (w, h) == tuple(SYNTH_EASY["size"]) and cfg.max_steps == 600 and cfg.batch_size == 16
-        task = OpenPoseTask()
-        _, val_ds = task.build_datasets(cfg)
-        assert len(val_ds.index.image_ids) == 30
-        torch.manual_seed(cfg.seed)
-        before = task.evaluate(task.build_model(cfg), val_ds)
-        assert before["AP"] < 0.05
+    data = make_synthetic_splits(tmp_path / "data", num_train=num_train, num_val=30, seed=seed, **synth)
+    cfg = load_config(CONFIG, [f"data.{k}={v}" for k, v in data.items()] + [
+        f"out_dir={tmp_path / 'run'}", "progress=false", "eval.every_epochs=1000", "checkpoint.save_best=false",
+        *overrides])
+    w, h = cfg.data.input_size
+    assert (w, h) == tuple(synth["size"])
+    task = OpenPoseTask()
+    _, val_ds = task.build_datasets(cfg)
+    assert len(val_ds.index.image_ids) == 30
+    torch.manual_seed(cfg.seed)
+    before = task.evaluate(task.build_model(cfg), val_ds)
+    out = train(cfg, task=task)
+    after = out["last_eval"]
+    print(f"AP {before['AP']:.3f} -> {after['AP']:.3f} (AP50 {after['AP50']:.3f}) after {out['step']} steps")
 
-        out = train(cfg, task=task)
-        after = out["last_eval"]
-        msg = f"AP {before['AP']:.3f} -> {after['AP']:.3f} (AP50 {after['AP50']:.3f}) after {out['step']} steps"
-        print(msg)
-        assert out["step"] == 600
-        assert after["AP"] >= 0.5 and after["AP50"] >= 0.8, msg
+    # the checkpoint exports; PoseEstimator on the ONNX file finds the same people as the PyTorch pipeline
+    model = load_openpose_checkpoint("openpose-light", out["last_checkpoint"])
+    params = eval_params_for(cfg.data.input_size, cfg.task_options.get("paf_params"))
+    onnx_path, card_path = export_openpose_onnx(model, tmp_path / "light.onnx", input_size=(w, h), params=params)
+    est = PoseEstimator(str(card_path))
+    ref = torch_paf_pipeline(model, params)
+    n_people = 0
+    for iid in val_ds.index.image_ids[:10]:
+        img = read_image(val_ds.index.image_path(iid))
+        a, b = est(img), ref(img)
+        assert len(a) == len(b)
+        n_people += len(a)
+        for p, q in zip(a, b):
+            np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-2)
+            assert abs(p.score - q.score) <= 1e-3
+    assert n_people >= 9  # one person per image
+    return before, after, out["step"]
 
-        # the checkpoint exports; PoseEstimator on the ONNX file finds the same people as the PyTorch pipeline
-        model = load_openpose_checkpoint("openpose-light", out["last_checkpoint"])
-        params = eval_params_for(cfg.data.input_size, cfg.task_options.get("paf_params"))
-        onnx_path, card_path = export_openpose_onnx(model, tmp_path / "light.onnx", input_size=(w, h), params=params)
-        est = PoseEstimator(str(card_path))
-        ref = torch_paf_pipeline(model, params)
-        n_people = 0
-        for iid in val_ds.index.image_ids[:10]:
-            img = read_image(val_ds.index.image_path(iid))
-            a, b = est(img), ref(img)
-            assert len(a) == len(b)
-            n_people += len(a)
-            for p, q in zip(a, b):
-                np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-2)
-                assert abs(p.score - q.score) <= 1e-3
-        assert n_people >= 9  # one person per image
-    finally:
-        torch.set_num_threads(threads)
+
+#: the default-suite run: the recipe's model and settings on 96x144 images (SYNTH_EASY scaled), 400 steps of 8
+#: images at lr 1e-2 -- about a ninth of the slow run's cost. Measured in docs/training-openpose.md.
+QUICK = {"size": (96, 144), "steps": 400, "overrides": ["data.input_size=[96, 144]", "batch_size=8", "max_steps=400",
+                                                       "optim.lr=1.0e-2", "schedule.warmup_steps=20",
+                                                       f"data.options.sigma={9.899 * 144 / 192}"]}
+
+
+def test_quick_run_learns_and_exports(tmp_path):
+    """A short run on 200 training images raises held-out AP from 0 (docs/training-openpose.md has the measured AP
+    over data seeds, and the result with the loss broken on purpose), and the trained model exports."""
+    before, after, steps = _train_and_export(tmp_path, QUICK["overrides"], synth_easy(QUICK["size"]), 200, seed=12)
+    assert before["AP"] < 0.02 and steps == QUICK["steps"]
+    assert after["AP"] >= 0.15 and after["AP50"] >= 0.6, after
+
+
+@pytest.mark.slow
+def test_short_run_reaches_ap_and_exports(tmp_path):
+    """The recipe of configs/openpose-light-synth.yaml (600 AdamW steps of 16 images, 128x192) on SYNTH_EASY data
+    (800 training images, 30 held-out ones). Measured (docs/training-openpose.md): AP 0.706 / AP50 1.0 with this
+    data seed (12), 0.610 / 1.0 with seed 11; the bar is the issue's 0.5."""
+    before, after, steps = _train_and_export(tmp_path, [], SYNTH_EASY, 800, seed=12)
+    assert before["AP"] < 0.05 and steps == 600
+    assert after["AP"] >= 0.5 and after["AP50"] >= 0.8, after

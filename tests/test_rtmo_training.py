@@ -179,44 +179,60 @@ def test_task_batch_loss_and_switch(synth, tmp_path):
         task.build_datasets(cfg)
 
 
-def test_overfit_run_reaches_ap_mle_falls_sigma_shrinks(tmp_path):
-    """The whole training path (SimOTA, every loss, DCC decoding, evaluation) learns: 4 easy synthetic images,
-    350 steps of the tiny model (~55 s on one loaded core), evaluated on the same images. The MLE loss falls and the predicted sigma of the
-    torso keypoints shrinks after its early rise (logged as train/loss_mle and train/sigma_easy).
-
-    This is a memorisation test, not generalisation: see docs/rtmo.md for what held-out AP short runs reach."""
+def _overfit_run(tmp_path, size: int, steps: int, lr: float, seed: int = 0):
+    """The whole training path (SimOTA, every loss, DCC decoding, evaluation) on 4 easy synthetic images of
+    ``size`` x ``size`` (one front-facing person, heads scaled with the image), ``steps`` AdamW steps of the tiny
+    model with one thread, evaluated on the same images. Returns ``(last_eval, mle, sigma_easy, oks_dcc)``, the
+    series logged at every step (train/loss_mle, train/sigma_easy, train/oks_dcc)."""
     from posekit.training.logging import read_csv_scalars
     from posekit.training.tasks.openpose import make_synthetic_splits
     from posekit.training.tasks.rtmo import RTMOTask
     from posekit.training.trainer import train
 
-    data = make_synthetic_splits(tmp_path / "data", num_train=4, num_val=1, size=(160, 160), min_head_px=17.5,
-                                 head_range=(17.5, 21.8), views="front", inside=True, background="plain",
+    head = (17.5 * size / 160, 21.8 * size / 160)
+    data = make_synthetic_splits(tmp_path / "data", num_train=4, num_val=1, size=(size, size), seed=seed,
+                                 min_head_px=head[0], head_range=head, views="front", inside=True, background="plain",
                                  val_inside_only=False)
     data = {**data, "val_ann": data["train_ann"], "val_images": data["train_images"]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a shared 2-core machine one thread is several times faster than two
-    try:
-        cfg = _cfg(data, tmp_path / "run", max_steps=350, epochs=1, batch_size=4)
-        cfg.data.options = {"augment": False}
-        cfg.task_options = {}
-        cfg.optim.lr = 2e-3
-        cfg.schedule.name, cfg.schedule.warmup_steps = "cosine", 20
-        cfg.eval.every_epochs = 1000
-        res = train(cfg, task=RTMOTask())
-    finally:
-        torch.set_num_threads(threads)
+    cfg = _cfg(data, tmp_path / "run", max_steps=steps, epochs=1, batch_size=4)
+    cfg.data.input_size = [size, size]
+    cfg.data.options = {"augment": False}
+    cfg.task_options = {}
+    cfg.optim.lr = lr
+    cfg.schedule.name, cfg.schedule.warmup_steps = "cosine", 20
+    cfg.eval.every_epochs = 1000
+    res = train(cfg, task=RTMOTask())  # one torch thread (conftest)
     rows = read_csv_scalars(tmp_path / "run" / "scalars.csv")
     series = lambda tag: np.array([float(r["value"]) for r in rows if r["tag"] == tag])  # noqa: E731
     mle, sig, oks = series("train/loss_mle"), series("train/sigma_easy"), series("train/oks_dcc")
-    assert len(mle) == len(sig) == 350 and np.isfinite(mle).all()
+    assert len(mle) == len(sig) == steps and np.isfinite(mle).all()
     print(f"AP {res['last_eval']['AP']:.3f}; MLE {mle[:10].mean():.2f} -> {mle[-10:].mean():.2f}; sigma_easy "
           f"{sig[:5].mean():.4f} -> peak {sig.max():.4f} -> {sig[-10:].mean():.4f}; oks_dcc {oks[-10:].mean():.3f}")
+    return res["last_eval"], mle, sig, oks
+
+
+def test_short_overfit_run_learns(tmp_path):
+    """The default-suite run: 200 steps at 128x128 (about a third of the slow run's cost). This is memorisation,
+    not generalisation (the held-out runs below and docs/rtmo.md are that). Measured: AP 0.76, MLE 1.70 -> -7.34,
+    sigma_easy 0.051 -> peak 0.099 -> 0.011, oks_dcc 0.92 (data seed 0); see the bars' margins in docs/rtmo.md.
+    Before training AP is ~0; with the loss broken (multiplied by 0) nothing of this happens."""
+    ev, mle, sig, oks = _overfit_run(tmp_path, size=128, steps=200, lr=3e-3)
     assert np.mean(mle[-10:]) < np.mean(mle[:10]) - 3.0
     assert np.mean(sig[-10:]) < 0.5 * sig.max() and np.mean(sig[-10:]) < np.mean(sig[:5])
     assert np.mean(oks[-10:]) > 0.8
-    # measured AP 0.78 (this data seed) and 0.47 (seed 5); before training ~0
-    assert res["last_eval"]["AP"] >= 0.4
+    assert ev["AP"] >= 0.4
+
+
+@pytest.mark.slow
+def test_overfit_run_reaches_ap_mle_falls_sigma_shrinks(tmp_path):
+    """The longer memorisation run: 350 steps at 160x160. Measured AP 0.78 (this data seed) and 0.47 (seed 5);
+    before training ~0. The MLE loss falls and the predicted sigma of the torso keypoints shrinks after its early
+    rise."""
+    ev, mle, sig, oks = _overfit_run(tmp_path, size=160, steps=350, lr=2e-3)
+    assert np.mean(mle[-10:]) < np.mean(mle[:10]) - 3.0
+    assert np.mean(sig[-10:]) < 0.5 * sig.max() and np.mean(sig[-10:]) < np.mean(sig[:5])
+    assert np.mean(oks[-10:]) > 0.8
+    assert ev["AP"] >= 0.4
 
 
 # ------------------------------------------------------------------------------------------------ held-out run

@@ -33,7 +33,7 @@ from torch import nn
 from posekit.association.params import DEFAULT_EVAL_PARAMS, PafParams
 from posekit.training.tasks.base import TrainTask, merge_data_options
 
-__all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "SYNTH_EASY", "eval_params_for", "make_synthetic_splits"]
+__all__ = ["OpenPoseTask", "DEFAULT_EVAL_PARAMS", "SYNTH_EASY", "synth_easy", "eval_params_for", "make_synthetic_splits"]
 
 #: :func:`make_synthetic_splits` arguments of the easy set that the light model learns in a few CPU minutes
 #: (``configs/openpose-light-synth.yaml``, ``tests/test_openpose_training.py``): 128x192 (w x h) images with one
@@ -50,6 +50,17 @@ SYNTH_EASY: dict = {
     "inside": True,
     "background": "plain",
 }
+
+
+
+def synth_easy(size=(128, 192)) -> dict:
+    """:data:`SYNTH_EASY` for images of ``size = (w, h)``: the head heights (``head_range``, ``min_head_px``) scale
+    with the image height, so the figures fill the image as they do at 128x192."""
+    w, h = (int(v) for v in size)
+    f = h / SYNTH_EASY["size"][1]
+    return {**SYNTH_EASY, "size": (w, h), "min_head_px": SYNTH_EASY["min_head_px"] * f,
+            "head_range": tuple(v * f for v in SYNTH_EASY["head_range"])}
+
 
 _DATA_OPTIONS = {
     "augment": True,
