@@ -1,5 +1,5 @@
 """OpenPose training task: targets/loss plumbing, and end-to-end runs of the light model on easy synthetic people
-made here: the default suite trains a quick run at 96x144 that must raise held-out COCO AP from 0 to >= 0.15; the
+made here: the default suite trains a quick run at 96x144 that must raise held-out COCO AP from 0 to >= 0.2; the
 slow run (``-m slow``) is the recipe, to AP >= 0.5. Both export the trained model and check that the ONNX file gives
 the same people through ``PoseEstimator`` as the PyTorch pipeline."""
 
@@ -194,7 +194,7 @@ def test_quick_run_learns_and_exports(tmp_path):
     over data seeds, and the result with the loss broken on purpose), and the trained model exports."""
     before, after, steps = _train_and_export(tmp_path, QUICK["overrides"], synth_easy(QUICK["size"]), 200, seed=12)
     assert before["AP"] < 0.02 and steps == QUICK["steps"]
-    assert after["AP"] >= 0.15 and after["AP50"] >= 0.6, after
+    assert after["AP"] >= 0.2 and after["AP50"] >= 0.6, after
 
 
 @pytest.mark.slow
