@@ -300,3 +300,24 @@ def test_crowd_index_bins_when_the_file_has_them(compared, tmp_path):
     assert acc["stats"]["AP"] == rep["pipelines"]["tfpose"]["accuracy"]["stats"]["AP"]
     assert "by_crowd_index" in rep["pipelines"]["tfpose"]["accuracy"] and \
         not rep["pipelines"]["tfpose"]["accuracy"]["by_crowd_index"]  # mmpose-coco has no crowdIndex
+
+
+def test_training_checkpoints_run_at_their_trained_size(tmp_path):
+    """A top-down / RTMO training checkpoint trained at data.input_size other than the preset's runs at that size
+    (top-down: heatmaps input / stride), not at the preset's or the built-in card's (rtmo-t: 416x416)."""
+    from posekit.compare.build import build_estimator, write_random_checkpoint
+
+    over = {"base_channels": 8, "stem_channels": 8, "deconv_out_channels": [16, 16, 16]}
+    torch.manual_seed(0)
+    from posekit.models.presets import build_model
+
+    sd = build_model("simplebaseline-r18", **over).state_dict()  # weights do not depend on the input size
+    p = write_random_checkpoint("simplebaseline-r18", over, tmp_path / "sb.pt", state_dict=sd, input_size=(64, 64))
+    est = build_estimator(PipelineSpec("sb", "simplebaseline-r18", weights=str(p), boxes="gt"), tmp_path)
+    assert est.card.input_size == (64, 64)
+    assert est.torch_model.codec(None).heatmap_size == (16, 16)
+    p = write_random_checkpoint("rtmo-t", {}, tmp_path / "rtmo.pt", input_size=(256, 192))
+    est = build_estimator(PipelineSpec("rtmo", "rtmo-t", weights=str(p)), tmp_path)
+    assert est.card.input_size == (256, 192) and tuple(est.torch_model.config.input_size) == (256, 192)
+    img = (np.random.RandomState(0).rand(192, 256, 3) * 255).astype(np.uint8)
+    est(img)  # runs
