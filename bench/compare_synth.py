@@ -2,7 +2,9 @@
 
     python bench/compare_synth.py [--out runs/compare-synth] [--threads 1] [--train-images 600]
         [--rtmo-steps 800] [--openpose-steps 800] [--simplebaseline-steps 800] [--hourglass-steps 800]
-        [--test-per-level 15] [--skip-train]
+        [--test-per-level 15] [--no-sweep]
+
+Data and trained checkpoints (``OUT/<model>/last.pt``) already in OUT are reused; delete them to remake them.
 
 1. Data (posekit synth, :func:`posekit.training.tasks.openpose.make_synthetic_splits` with SYNTH_EASY's figures:
    front-facing, plain background, heads 17–22 px, fully inside): ONE training set of 256x192 images with 1–4
