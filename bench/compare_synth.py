@@ -16,8 +16,7 @@ Data and trained checkpoints (``OUT/<model>/last.pt``) already in OUT are reused
    (``configs/topdown-simplebaseline-synth.yaml``; heatmaps) and the multi-stage Stacked Hourglass with 2 stacks
    (``configs/topdown-hourglass-synth.yaml``).
 3. ``posekit compare`` on the test set: RTMO; OpenPose-light; SimpleBaseline with ground-truth boxes ("oracle boxes")
-   and with the trained RTMO exported to ONNX as its person detector (left out, with a note, when the export
-   fails -- it did here: docs/compare.md); Hourglass with oracle boxes and ``--stages``;
+   and with the trained RTMO (PyTorch) as its person detector; Hourglass with oracle boxes and ``--stages``;
    plus the scaling sweep. Report under ``OUT/compare``.
 
 Every number is measured with ``--threads`` threads (torch and onnxruntime) on this machine; the CPU times of
@@ -138,14 +137,6 @@ def main() -> int:
     times.update({"rtmo": rtmo["seconds"], "openpose": op["seconds"], "simplebaseline": rp["seconds"],
                   "hourglass": hg["seconds"]})
 
-    # the trained RTMO as the top-down person detector (its ONNX export and card)
-    from posekit.cli import main as cli
-
-    rtmo_onnx = out / "rtmo-detector.onnx"
-    if not rtmo_onnx.is_file():
-        if cli(["export", "--model", "rtmo-s", "--weights", rtmo["last_checkpoint"], "--out", str(rtmo_onnx),
-                "--input-size", f"{w}x{h}"]) != 0:
-            print("the RTMO export failed (above): the top-down pipeline with RTMO boxes is left out")
     from posekit.compare import CompareConfig, PipelineSpec, run_compare
 
     T = args.threads
@@ -156,10 +147,9 @@ def main() -> int:
         PipelineSpec("hourglass-oracle", "hourglass-52", weights=hg["last_checkpoint"], boxes="gt", threads=T,
                      stages=True),
     ]
-    if rtmo_onnx.is_file():
-        specs.insert(3, PipelineSpec("sb-rtmo-boxes", "simplebaseline-r18", weights=rp["last_checkpoint"],
-                                     detector=str(rtmo_onnx.with_suffix(".yaml")), detector_weights=str(rtmo_onnx),
-                                     threads=T))
+    # the trained RTMO (PyTorch) as the top-down person detector: its people's boxes
+    specs.insert(3, PipelineSpec("sb-rtmo-boxes", "simplebaseline-r18", weights=rp["last_checkpoint"],
+                                 detector="rtmo-s", detector_weights=rtmo["last_checkpoint"], threads=T))
     cfg = CompareConfig(data["test_ann"], data["test_images"], specs, out_dir=str(out / "compare"),
                         sweep=not args.no_sweep, stages=True, sweep_repeats=3)
     t0 = time.perf_counter()

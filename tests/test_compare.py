@@ -320,4 +320,10 @@ def test_training_checkpoints_run_at_their_trained_size(tmp_path):
     est = build_estimator(PipelineSpec("rtmo", "rtmo-t", weights=str(p)), tmp_path)
     assert est.card.input_size == (256, 192) and tuple(est.torch_model.config.input_size) == (256, 192)
     img = (np.random.RandomState(0).rand(192, 256, 3) * 255).astype(np.uint8)
-    est(img)  # runs
+    people = est(img)
+    # the same RTMO checkpoint as the person detector of a top-down pipeline: its boxes are the crops
+    td = build_estimator(PipelineSpec("sb-rtmo", "simplebaseline-r18", weights=str(tmp_path / "sb.pt"),
+                                      detector="rtmo-t", detector_weights=str(p)), tmp_path)
+    got = td(img)
+    assert td.timer.counts["detector"] == 1 and len(got) == len(people)
+    np.testing.assert_allclose(sorted(q.box.tolist() for q in got), sorted(q.box.tolist() for q in people))

@@ -160,7 +160,17 @@ def build_estimator(spec: PipelineSpec, work_dir: str | Path):
         module = _trained_module(spec.model, weights)
         if module is not None:
             model, weights = module, None
-    est = PoseEstimator(model=model, weights=weights, detector=spec.detector, detector_weights=spec.detector_weights,
+    detector, detector_weights = spec.detector, spec.detector_weights
+    if detector_weights is not None and Path(str(detector_weights)).suffix.lower() in (".pth", ".pt"):
+        # a PyTorch RTMO checkpoint as the person detector: its people's boxes (OneStagePipeline.boxes)
+        det_model = _trained_module(str(detector), detector_weights)
+        det = PoseEstimator(model=det_model if det_model is not None else detector,
+                            weights=None if det_model is not None else detector_weights, threads=spec.threads)
+        if det.card.kind != "rtmo":
+            raise ValueError(f"pipeline '{spec.name}': a PyTorch detector must be an RTMO preset, got "
+                             f"{detector!r} ({det.card.kind!r})")
+        detector, detector_weights = det.pipeline.boxes, None
+    est = PoseEstimator(model=model, weights=weights, detector=detector, detector_weights=detector_weights,
                         threads=spec.threads, flip_test=spec.flip_test)
     para = paradigm_of(est.card)
     if spec.boxes != "model" and para != "top-down":
