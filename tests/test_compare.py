@@ -93,7 +93,8 @@ def compared(tmp_path_factory):
     root = shared_path(*DATA)
     det = shared_path(*YOLOX)
     argv = ["compare", "--annotations", str(root / "person_keypoints.json"), "--images", str(root / "images"),
-            "--out-dir", str(out), "--threads", "1", "--no-progress",
+            "--out-dir", str(out), "--threads", "1", "--no-progress", "--sweep", "--sweep-counts", "1,4",
+            "--sweep-repeats", "1",
             "--pipeline", f"tfpose:model=tfpose-mnv2,weights={shared_path(*TFPOSE)}",
             "--pipeline", f"sb-yolox:model=simplebaseline-r18,weights=random,overrides={SB_TINY},"
                           f"detector=yolox-nano-human,detector_weights={det}",
@@ -172,7 +173,10 @@ def test_report_html_holds_every_plot_and_table(compared):
     page = (out / "report.html").read_text()  # opened from disk: no server, no network
     assert "http://" not in page and "https://" not in page
     plots = rep["meta"]["plots"]
-    assert {"time_vs_people.png", "ap_vs_time.png", "ap_by_crowd.png", "stage_split.png"} <= set(plots)
+    assert {"time_vs_people.png", "ap_vs_time.png", "ap_by_crowd.png", "stage_split.png",
+            "sweep_time_vs_people.png", "sweep_stages.png"} <= set(plots)
+    assert set(rep["sweep"]) == {"tfpose", "sb-yolox", "sb-oracle", "rtmo"}
+    assert [r["found"] for r in rep["sweep"]["sb-oracle"]["rows"]] == [1, 4]
     for p in plots:
         png = (out / p).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
