@@ -196,9 +196,12 @@ def test_report_html_holds_every_plot_and_table(compared):
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
+@pytest.mark.slow
 def test_sweep_topdown_slope_and_flat_network(tmp_path):
     """Top-down: ms per extra person = the time of one crop measured alone (±15 %); bottom-up and one-stage: the
-    network time stays within ±10 % from 1 to 32 people on the same canvas. One thread each."""
+    network time stays within ±10 % from 1 to 32 people on the same canvas. One thread each. A timing check, so
+    under ``-m slow`` (docs/testing.md: no default-suite test asserts a duration); the default suite runs the sweep
+    end to end in the ``compared`` fixture, and ``bench/compare_sweep.py`` prints the same ratios."""
     from posekit.compare.build import build_estimator
     from posekit.compare.sweep import person_crops, run_sweep
 
@@ -257,7 +260,10 @@ def test_stopped_model_is_the_full_models_stage_output():
         assert torch.equal(o["heatmaps"], ref["stage_heatmaps"][1]) and torch.equal(o["pafs"], ref["stage_pafs"][1])
 
 
-def test_stages_one_row_per_stage_time_grows(tmp_path):
+@pytest.mark.parametrize("timed", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_stages_one_row_per_stage_time_grows(tmp_path, timed):
+    """One row per stage with its results file and plot; the time growing with t is a timing check, asserted only
+    under ``-m slow``."""
     from posekit.compare.core import run_compare
 
     root = shared_path(*DATA)
@@ -275,7 +281,9 @@ def test_stages_one_row_per_stage_time_grows(tmp_path):
         ms = [r["network_ms_median"] for r in rows]
         print(name, [(r["stage"], round(r["ms_median"], 1), round(r["network_ms_median"], 1)) for r in rows])
         assert [r["stage"] for r in rows] == list(range(1, n_stages + 1))
-        assert all(b > a for a, b in zip(ms, ms[1:])), (name, ms)
+        assert all(m > 0 for m in ms) and all(0.0 <= r["AP"] <= 1.0 for r in rows)
+        if timed:
+            assert all(b > a for a, b in zip(ms, ms[1:])), (name, ms)
         assert (tmp_path / rows[-1]["results_file"]).is_file()
     from posekit.compare.stages import stage_field
 

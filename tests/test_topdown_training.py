@@ -321,14 +321,15 @@ def synth_data(tmp_path_factory):
     return make_synthetic_splits(tmp_path_factory.mktemp("td_train"), num_train=400, num_val=40, seed=3)
 
 
-def _train(family: str, data: dict, out_dir) -> dict:
-    """Train the light configuration of ``family`` (once per session); AP before and after."""
+def _train(family: str, data: dict, out_dir, steps: int | None = None) -> dict:
+    """Train the light configuration of ``family`` for ``steps`` (default: the config's ``max_steps``) once per
+    session, with one torch thread (conftest); AP before and after."""
     from posekit.training.trainer import train
 
-    if family not in _RUNS:
-        torch.set_num_threads(1)  # two threads spin-wait on a shared 2-core machine (several times slower)
+    key = (family, steps)
+    if key not in _RUNS:
         light = load_config(CONFIGS / f"topdown-{family}-synth.yaml")
-        cfg = _cfg(data, family, out_dir, max_steps=STEPS or light.max_steps, batch_size=light.batch_size)
+        cfg = _cfg(data, family, out_dir, max_steps=steps or STEPS or light.max_steps, batch_size=light.batch_size)
         cfg.data.options = dict(light.data.options)
         task = TopDownTask()
         _, val = task.build_datasets(cfg)
@@ -336,8 +337,18 @@ def _train(family: str, data: dict, out_dir) -> dict:
         before = task.evaluate(task.build_model(cfg), val)
         cfg.eval.every_epochs = 1000  # evaluate once, after the last step
         out = train(cfg, task=task)
-        _RUNS[family] = {"before": before, "after": out["last_eval"], "steps": out["step"]}
-    return _RUNS[family]
+        _RUNS[key] = {"before": before, "after": out["last_eval"], "steps": out["step"]}
+    return _RUNS[key]
+
+
+def test_quick_run_learns(synth_data, tmp_path):
+    """The default suite's top-down training run: RTMPose's light configuration (configs/topdown-rtmpose-synth.yaml)
+    for 200 of its 600 steps. Measured held-out AP 0.000 -> 0.191 / 0.190 (AP50 0.613 / 0.637) with data seeds 3
+    (the fixture's) / 5; the full recipe (``-m slow``) reaches >= 0.5."""
+    r = _train("rtmpose", synth_data, tmp_path / "rtmpose", steps=200)
+    before, after = r["before"], r["after"]
+    assert r["steps"] == 200 and before["AP"] < 0.05
+    assert after["AP"] >= 0.1 and after["AP50"] >= 0.4, after
 
 
 @pytest.mark.slow

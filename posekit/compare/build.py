@@ -9,7 +9,7 @@ from pathlib import Path
 
 from posekit.compare.spec import PipelineSpec
 
-__all__ = ["build_estimator", "paradigm_of", "write_random_checkpoint", "set_threads", "trained_overrides"]
+__all__ = ["build_estimator", "paradigm_of", "write_random_checkpoint", "set_threads"]
 
 
 def set_threads(threads: int) -> None:
@@ -76,54 +76,6 @@ def _card_with_input_size(model: str, input_size):
     return dataclasses.replace(card, input_size=(int(w), int(h)))
 
 
-def trained_overrides(preset: str, weights) -> dict:
-    """The model overrides a top-down training checkpoint was trained with: its saved ``model.overrides`` plus the
-    ``input_size`` of ``data.input_size`` and (heatmap models) ``heatmap_size`` = input / the preset's stride, as
-    the top-down training task builds it."""
-    from posekit.models.checkpoints import _tuples, checkpoint_settings, read_checkpoint, training_parts
-    from posekit.models.presets import build_model
-
-    _, saved, _ = training_parts(read_checkpoint(Path(weights)))
-    over = _tuples(saved)
-    size = checkpoint_settings(weights).get("input_size")
-    if size and "input_size" not in over:
-        codec = build_model(str(preset), **over).codec(None)
-        over["input_size"] = tuple(int(v) for v in size)
-        hs = getattr(codec, "heatmap_size", None)
-        if hs is not None and "heatmap_size" not in over:
-            stride = codec.input_size[0] / hs[0]
-            over["heatmap_size"] = (int(round(size[0] / stride)), int(round(size[1] / stride)))
-    return over
-
-
-def _trained_module(preset: str, weights):
-    """A posekit training checkpoint trained at an input size other than its preset's, as the network it was
-    trained as (None: let ``PoseEstimator`` load the file as usual).
-
-    ``PoseEstimator(preset, weights=last.pt)`` rebuilds the preset with the checkpoint's saved model overrides; the
-    training tasks also set the input size from ``data.input_size`` (top-down: with ``heatmap_size`` = input /
-    stride; RTMO: the priors), which the built-in card or the preset default would otherwise replace (an RTMO trained
-    at 256x192 run through the 640x640 ``rtmo-s`` card; a top-down model trained on 64x64 crops fed 192x256 ones).
-    Here the model is built at the trained size and handed to ``PoseEstimator`` as a module, whose card is the one
-    ``posekit export`` writes for it. OpenPose checkpoints already work (``PoseEstimator`` reads their input size).
-    """
-    from posekit.models.checkpoints import checkpoint_settings, load_preset, preset_family
-
-    try:
-        family = preset_family(str(preset))
-    except KeyError:
-        return None
-    size = checkpoint_settings(weights).get("input_size")
-    if family == "openpose" or not size:
-        return None
-    if family == "rtmo":
-        net = load_preset(str(preset), weights)  # RTMO reads data.input_size itself
-    else:
-        net = load_preset(str(preset), weights, overrides=trained_overrides(preset, weights))
-    net.preset = None  # the built-in card of the name would not fit the trained input size
-    return net
-
-
 def build_estimator(spec: PipelineSpec, work_dir: str | Path):
     """The estimator of ``spec`` (threads fixed to ``spec.threads``). ``random`` weights are written as a
     checkpoint under ``work_dir/weights/``. Errors (missing weights, wrong card) propagate with their message."""
@@ -156,16 +108,10 @@ def build_estimator(spec: PipelineSpec, work_dir: str | Path):
         raise FileNotFoundError(f"pipeline '{spec.name}': weights file not found: {weights}")
     if spec.detector_weights is not None and not Path(spec.detector_weights).is_file():
         raise FileNotFoundError(f"pipeline '{spec.name}': detector weights file not found: {spec.detector_weights}")
-    if not spec.random_weights and weights is not None and Path(str(weights)).suffix.lower() in (".pth", ".pt"):
-        module = _trained_module(spec.model, weights)
-        if module is not None:
-            model, weights = module, None
     detector, detector_weights = spec.detector, spec.detector_weights
     if detector_weights is not None and Path(str(detector_weights)).suffix.lower() in (".pth", ".pt"):
         # a PyTorch RTMO checkpoint as the person detector: its people's boxes (OneStagePipeline.boxes)
-        det_model = _trained_module(str(detector), detector_weights)
-        det = PoseEstimator(model=det_model if det_model is not None else detector,
-                            weights=None if det_model is not None else detector_weights, threads=spec.threads)
+        det = PoseEstimator(model=detector, weights=detector_weights, threads=spec.threads)
         if det.card.kind != "rtmo":
             raise ValueError(f"pipeline '{spec.name}': a PyTorch detector must be an RTMO preset, got "
                              f"{detector!r} ({det.card.kind!r})")

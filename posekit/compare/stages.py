@@ -33,8 +33,7 @@ def stage_field(preset: str) -> str:
 def full_model(spec, work_dir: str | Path):
     """``(model, overrides, input_size)`` of a PyTorch multi-stage pipeline (``random`` or ``.pth``/``.pt``)."""
     from posekit.compare.build import write_random_checkpoint
-    from posekit.models.checkpoints import (checkpoint_settings, is_torch_weights, load_preset, preset_family,
-                                            read_checkpoint, training_parts)
+    from posekit.models.checkpoints import checkpoint_settings, is_torch_weights, load_preset, trained_overrides
 
     stage_field(spec.model)
     if spec.random_weights:
@@ -42,14 +41,8 @@ def full_model(spec, work_dir: str | Path):
                                        spec.seed, spec.input_size)
         overrides = dict(spec.overrides)
     elif is_torch_weights(spec.weights):
-        from posekit.compare.build import trained_overrides
-
         path = Path(spec.weights)
-        if preset_family(spec.model) == "topdown":
-            overrides = trained_overrides(spec.model, path)  # + the trained input / heatmap size
-            size = spec.input_size or checkpoint_settings(path).get("input_size")
-            return load_preset(spec.model, path, overrides=overrides), overrides, size
-        _, overrides, _ = training_parts(read_checkpoint(path))
+        overrides = trained_overrides(spec.model, path)  # top-down: + the trained input / heatmap size
     else:
         raise ValueError(f"pipeline '{spec.name}': --stages needs PyTorch weights (.pth / .pt or random) of a "
                          f"multi-stage preset, got weights={spec.weights!r}")

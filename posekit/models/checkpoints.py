@@ -3,8 +3,10 @@
 One entry point, :func:`load_preset`, reads any checkpoint posekit meets and builds the preset it belongs to:
 
 * a posekit training checkpoint (:mod:`posekit.training`: ``{"model", "ema", "config", ...}``): its EMA weights
-  when it has them and ``use_ema``, and the model overrides saved in its config (``model.overrides``) unless
-  ``overrides`` is given; a checkpoint trained as another preset is an error;
+  when it has them and ``use_ema``, and the model it was trained as unless ``overrides`` is given: the saved
+  ``model.overrides`` and, for top-down and RTMO models, the training input size (``data.input_size``; top-down
+  heatmap models with the heatmap size the task derives from it); a checkpoint trained as another preset is an
+  error;
 * an official checkpoint (MMPose 1.x / 0.x, the official ViTPose repository, CMU's OpenPose) or a plain state_dict,
   loaded strictly by the family's loader.
 
@@ -22,7 +24,8 @@ import torch
 from torch import nn
 
 __all__ = ["TORCH_SUFFIXES", "is_torch_weights", "read_checkpoint", "training_parts", "model_family",
-           "preset_family", "load_preset", "load_openpose_checkpoint", "load_rtmo_checkpoint", "checkpoint_settings"]
+           "preset_family", "load_preset", "load_openpose_checkpoint", "load_rtmo_checkpoint", "trained_overrides",
+           "checkpoint_settings"]
 
 #: weight file suffixes that select the PyTorch backend.
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -193,9 +196,40 @@ def load_preset(preset: str, weights: str | Path, overrides: Optional[Mapping[st
     path = Path(weights)
     state, saved, cfg = training_parts(read_checkpoint(path), use_ema)
     _check_trained_as(cfg, preset, path)
-    model = build_model(preset, **_tuples(overrides if overrides is not None else saved))
+    over = _tuples(overrides) if overrides is not None else _topdown_trained_overrides(preset, _tuples(saved), cfg)
+    model = build_model(preset, **over)
     load_weights(model, state)
     return model.eval()
+
+
+def _topdown_trained_overrides(preset: str, saved: dict, cfg: Mapping) -> dict:
+    """The overrides a top-down training run built its model with: the saved ``model.overrides`` plus, as the
+    top-down task does (:func:`posekit.training.tasks.topdown.build_topdown_for_training`), ``input_size`` from
+    ``data.input_size`` and, for heatmap models, ``heatmap_size`` = ceil(input / the preset's stride), unless the
+    overrides set them."""
+    import math
+
+    from posekit.models.topdown_presets import heatmap_stride
+
+    data = cfg.get("data")
+    size = data.get("input_size") if isinstance(data, Mapping) else None
+    if not size or "input_size" in saved:
+        return saved
+    w, h = (int(v) for v in size)
+    over = {**saved, "input_size": (w, h)}
+    stride = heatmap_stride(preset, saved)
+    if stride is not None and "heatmap_size" not in over:
+        over["heatmap_size"] = (math.ceil(w / stride), math.ceil(h / stride))
+    return over
+
+
+def trained_overrides(preset: str, weights: str | Path, use_ema: bool = True) -> dict:
+    """The builder overrides :func:`load_preset` rebuilds a top-down training checkpoint with (its saved
+    ``model.overrides`` plus the training input and heatmap sizes); the saved overrides for other checkpoints."""
+    path = Path(weights)
+    _, saved, cfg = training_parts(read_checkpoint(path), use_ema)
+    saved = _tuples(saved)
+    return _topdown_trained_overrides(preset, saved, cfg) if preset_family(preset) == "topdown" else saved
 
 
 def checkpoint_settings(weights: str | Path) -> dict:

@@ -14,6 +14,7 @@ preset's tunable fields and which returns the ``nn.Module``. Model families add 
 ``cpm``                   top-down multi-stage: Convolutional Pose Machines (:mod:`.topdown_presets.multi_stage`)
 ``hourglass-52``          top-down multi-stage: MMPose's Hourglass52
 ``cpn-r50``, ``cpn-tiny`` top-down: CPN (GlobalNet + RefineNet) on ResNet
+``rtmpose-nano``          a reduced RTMPose for CPU training runs (no official weights)
 ========================  ==========================================================================
 """
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 
 from posekit.models.openpose import openpose_cmu_coco, openpose_light, openpose_tpami
 from posekit.models.rtmo import RTMO_PRESETS, build_rtmo
-from posekit.models.topdown_presets import TOPDOWN_PRESETS
+from posekit.models.topdown_presets import TOPDOWN_CPU_PRESETS, TOPDOWN_PRESETS
 
 __all__ = ["PRESETS", "build_model", "list_models"]
 
@@ -49,6 +50,7 @@ def _rtmo_builder(name: str) -> Callable[..., nn.Module]:
 
 PRESETS.update({name: _rtmo_builder(name) for name in RTMO_PRESETS})
 PRESETS.update(TOPDOWN_PRESETS)
+PRESETS.update(TOPDOWN_CPU_PRESETS)  # rtmpose-nano: a trained CPU model loads, exports and runs by its name
 
 
 def list_models() -> list[str]:

@@ -105,7 +105,8 @@ class PoseEstimator:
             (``posekit.models.checkpoints.load_preset``) through the family's export wrapper, so the
             pipelines see the outputs an exported file would give. Its card is the card given (a ``.yaml`` path,
             which must fit the model), else the built-in card of that name when it fits the model (same kind,
-            input size, colour, mean/std), else the card ``posekit export`` would write for the model.
+            input size, colour, mean/std) and a training checkpoint's input size, else the card ``posekit export``
+            would write for the model.
         device: torch device for the PyTorch backend (default: CPU, or the module's own device).
 
     Attributes:
@@ -244,7 +245,9 @@ class PoseEstimator:
                     built_in = load_card(name)
                 except (KeyError, FileNotFoundError):
                     built_in = None
-                if built_in is not None and tb.card_fits_model(built_in, net) is None:
+                trained = settings.get("input_size")  # a checkpoint runs at the size it was trained at
+                if built_in is not None and tb.card_fits_model(built_in, net) is None and (
+                        trained is None or tuple(trained) == tuple(built_in.input_size)):
                     card = built_in
             if card is None:
                 card = tb.card_for_model(net, name, input_size=settings.get("input_size"),

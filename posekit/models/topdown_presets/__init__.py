@@ -30,7 +30,7 @@ __all__ = [
     "STAGE_CONFIGS", "CPMConfig", "HourglassConfig", "CPNConfig", "StageTopDownModel", "build_topdown",
     "build_simplebaseline", "build_vitpose", "build_rtmpose", "build_rtmpose_nano", "build_stage_model",
     "cpn_global_codecs", "topdown_from_mmpose_config", "stage_config_from_mmpose", "build_topdown_from_mmpose_meta",
-    "load_topdown_weights",
+    "load_topdown_weights", "topdown_family", "heatmap_stride",
 ]
 
 #: every official top-down configuration: preset name -> builder(**overrides) -> TopDownModel.
@@ -68,3 +68,30 @@ def build_topdown_from_mmpose_meta(meta: Mapping[str, Any]) -> TopDownModel:
         config = stage_config_from_mmpose(cfg, meta.get("constructor_defaults_not_in_cfg"))
         return build_stage_model(config).eval()
     return topdown_from_mmpose_config(cfg).eval()
+
+
+def topdown_family(name: str) -> str:
+    """The family of a top-down preset name: ``simplebaseline``, ``vitpose``, ``rtmpose``, ``cpm``, ``hourglass`` or
+    ``cpn`` (ValueError otherwise)."""
+    for prefix in ("simplebaseline", "vitpose", "rtmpose", "cpm", "hourglass", "cpn"):
+        if name.startswith(prefix):
+            return prefix
+    raise ValueError(f"model.name {name!r} is not a top-down preset (simplebaseline-*, vitpose-*, rtmpose-*, cpm, "
+                     f"hourglass-*, cpn-*)")
+
+
+def heatmap_stride(name: str, overrides: Mapping[str, Any]) -> int | None:
+    """Input pixels per heatmap cell of preset ``name`` with ``overrides`` (None for SimCC models)."""
+    fam = topdown_family(name)
+    if fam == "rtmpose":
+        return None
+    if fam == "cpm":
+        return 8
+    if fam in ("hourglass", "cpn"):
+        return 4
+    if fam == "simplebaseline":
+        n = len(overrides.get("deconv_out_channels", (256, 256, 256)))
+        return 32 // 2 ** n
+    if overrides.get("decoder", "simple" if name.endswith("-simple") else "classic") == "simple":
+        return 4
+    return 16 // 2 ** len(overrides.get("deconv_out_channels", (256, 256)))

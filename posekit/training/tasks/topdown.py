@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from posekit.models.topdown import TopDownModel
+from posekit.models.topdown_presets import heatmap_stride, topdown_family
 from posekit.training.tasks.base import TrainTask, merge_data_options
 
 __all__ = ["TopDownTask", "MultiDecoderTopDown", "GroupedDatasets", "build_topdown_for_training",
@@ -86,31 +87,6 @@ class MultiDecoderTopDown(TopDownModel):
     the backbone once and routes each slice to its own decoder (:meth:`TopDownModel.forward_multi`)."""
 
 
-def _family(name: str) -> str:
-    for prefix in ("simplebaseline", "vitpose", "rtmpose", "cpm", "hourglass", "cpn"):
-        if name.startswith(prefix):
-            return prefix
-    raise ValueError(f"model.name {name!r} is not a top-down preset (simplebaseline-*, vitpose-*, rtmpose-*, cpm, "
-                     f"hourglass-*, cpn-*)")
-
-
-def heatmap_stride(name: str, overrides: Mapping[str, Any]) -> int | None:
-    """Input pixels per heatmap cell of preset ``name`` with ``overrides`` (None for SimCC models)."""
-    fam = _family(name)
-    if fam == "rtmpose":
-        return None
-    if fam == "cpm":
-        return 8
-    if fam in ("hourglass", "cpn"):
-        return 4
-    if fam == "simplebaseline":
-        n = len(overrides.get("deconv_out_channels", (256, 256, 256)))
-        return 32 // 2 ** n
-    if overrides.get("decoder", "simple" if name.endswith("-simple") else "classic") == "simple":
-        return 4
-    return 16 // 2 ** len(overrides.get("deconv_out_channels", (256, 256)))
-
-
 def _builder(name: str):
     from posekit.models.presets import PRESETS
     from posekit.models.topdown_presets import TOPDOWN_CPU_PRESETS
@@ -128,7 +104,7 @@ def build_topdown_for_training(name: str, schema, input_size, overrides: Mapping
     ``schema`` / ``num_keypoints``, ``input_size`` and (heatmap models) ``heatmap_size`` are set unless
     ``overrides`` sets them. Raises ValueError for a preset that is not top-down or a bad override."""
     overrides = dict(overrides or {})
-    fam = _family(name)
+    fam = topdown_family(name)
     builder = _builder(name)
     w, h = (int(v) for v in input_size)
     kw: dict[str, Any] = {"schema": schema, "input_size": (w, h)}
