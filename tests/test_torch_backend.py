@@ -331,3 +331,38 @@ def test_cli_predict_runs_a_pth(rtmpose, tmp_path, capsys):
     assert rc == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert len(res) >= 3 and all(len(r["keypoints"]) == 51 for r in res)
+
+
+def test_training_checkpoints_run_at_their_training_input_size(tmp_path):
+    """A posekit training checkpoint rebuilds the model it was trained as: a top-down model trained on 64x64 crops
+    (the task sets input_size and heatmap_size from data.input_size) and an RTMO trained at 256x192 run at those
+    sizes, not at the preset's or the built-in card's (rtmo-t's card is 416x416)."""
+    from posekit.models.checkpoints import trained_overrides
+
+    torch.manual_seed(0)
+    sb = build_model("simplebaseline-r18", base_channels=8, stem_channels=8, deconv_out_channels=(16, 16, 16),
+                     input_size=(64, 64), heatmap_size=(16, 16))
+    cfg = {"task": "topdown", "model": {"name": "simplebaseline-r18", "overrides": SB_TINY},
+           "data": {"input_size": [64, 64]}}
+    torch.save({"model": sb.state_dict(), "ema": None, "config": cfg}, tmp_path / "sb.pt")
+    assert trained_overrides("simplebaseline-r18", tmp_path / "sb.pt")["heatmap_size"] == (16, 16)
+    est = PoseEstimator("simplebaseline-r18", weights=tmp_path / "sb.pt", detector=lambda im: (
+        np.array([[10, 10, 90, 150]], np.float32), np.array([0.9], np.float32)))
+    assert tuple(est.card.input_size) == (64, 64) and est.backend == "torch"
+    people = est(np.full((200, 120, 3), 90, np.uint8))
+    assert len(people) == 1 and people[0].keypoints.shape == (17, 3)
+
+    tiny = {"widen_factor": 0.125, "neck_widen_factor": 0.125, "hidden_dim": 32, "num_heads": 2,
+            "feedforward_channels": 64, "neck_out_channels": 32, "head_in_channels": 128, "head_widen_factor": 0.125,
+            "cls_feat_channels": 128, "pose_vec_channels": 32, "dcc_feat_channels": 16, "num_bins": [24, 32],
+            "spe_channels": 16, "gau_s": 16}
+    rtmo = build_model("rtmo-t", **{k: tuple(v) if isinstance(v, list) else v for k, v in tiny.items()},
+                       input_size=(256, 192))
+    torch.save({"model": rtmo.state_dict(), "ema": None,
+                "config": {"task": "rtmo", "model": {"name": "rtmo-t", "overrides": tiny},
+                           "data": {"input_size": [256, 192]}}}, tmp_path / "rtmo.pt")
+    assert tuple(load_card("rtmo-t").input_size) != (256, 192)
+    est = PoseEstimator("rtmo-t", weights=tmp_path / "rtmo.pt")
+    assert tuple(est.card.input_size) == (256, 192)
+    with pytest.raises(ValueError, match="trained as model 'rtmo-t', not 'rtmo-s'"):
+        load_preset("rtmo-s", tmp_path / "rtmo.pt")
