@@ -32,14 +32,6 @@ CPM_TINY = {"num_stages": 3, "feat_channels": 16, "middle_channels": 16, "stem_c
             "middle_widths": [8, 8, 16]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------------- small parts
 def test_pipeline_arg_and_yaml(tmp_path):
     s = parse_pipeline_arg(f"sb:model=simplebaseline-r18,weights=random,overrides={SB_TINY},boxes=gt,threads=2,"
