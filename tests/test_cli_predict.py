@@ -77,7 +77,9 @@ def test_predict_sequential_ids_note_and_video(tmp_path, rtmo_card, capsys):
 
 
 def test_predict_errors(tmp_path, rtmo_card, capsys):
-    assert main(["predict", str(tmp_path / "nothing.jpg"), "--model", rtmo_card]) == 1
+    assert main(["predict", str(tmp_path / "nothing.jpg"), "--model", rtmo_card]) == 3  # skipped, reported
+    assert "source not found" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nothing.jpg"), "--model", rtmo_card, "--strict"]) == 1
     assert "source not found" in capsys.readouterr().err
     other = tmp_path / "x.jpg"
     shutil.copy(shared_path("data", "mmpose-coco", "images", "000000000785.jpg"), other)
@@ -105,3 +107,37 @@ def test_predict_coco_gt_and_detection_boxes(tmp_path):
     rtmo = PoseEstimator(write_card(tmp_path, "rtmo-s", fake_rtmo(640), "r"))
     with pytest.raises(ValueError, match="top-down"):
         predict_coco(rtmo, ann_file, img_dir, boxes="gt", progress=False)
+
+
+def test_unreadable_sources_are_reported_and_skipped(tmp_path, rtmo_card, capsys):
+    """predict good.jpg broken.jpg missing.jpg good2.jpg: the two good images are processed and written (ids 1 and
+    3: every image file keeps its number, unreadable or not; a missing path has none), the other two are reported
+    with their reasons on stderr, in --errors and in the summary, and the exit status is 3. --strict stops at the
+    first one (status 1) and writes nothing."""
+    img = shared_path("data", "mmpose-coco", "images", "000000000785.jpg")
+    good, good2 = tmp_path / "good.jpg", tmp_path / "good2.jpg"
+    shutil.copy(img, good)
+    shutil.copy(img, good2)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(img.read_bytes()[:2000])  # a truncated JPEG
+    missing = tmp_path / "missing.jpg"
+    out, errs = tmp_path / "r.json", tmp_path / "errors.json"
+    argv = ["predict", str(good), str(broken), str(missing), str(good2), "--model", rtmo_card, "--out-json",
+            str(out), "--errors", str(errs), "--no-progress"]
+    capsys.readouterr()
+    assert main(argv) == 3
+    cap = capsys.readouterr()
+    res = json.loads(out.read_text())
+    assert sorted({r["image_id"] for r in res}) == [1, 3]
+    failed = json.loads(errs.read_text())
+    assert [f["source"] for f in failed] == [str(missing), str(broken)]  # missing: found before any image is read
+    assert "not found" in failed[0]["error"] and "truncated" in failed[1]["error"]
+    assert f"skipped {broken}" in cap.err and f"skipped {missing}" in cap.err
+    assert "4 source(s), 2 read, 2 failed" in cap.out
+
+    out.unlink()
+    assert main([*argv, "--strict"]) == 1
+    assert "source not found" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", str(good), str(broken), "--model", rtmo_card, "--out-json", str(out), "--strict",
+                 "--no-progress"]) == 1
+    assert "truncated" in capsys.readouterr().err and not out.exists()

@@ -13,7 +13,10 @@ def add_parser(subparsers) -> None:
         "predict",
         help="run a pose model (model card) on images, folders, videos or a webcam",
         description="Run a pose model on images, folders of images, videos or a webcam index; write COCO results "
-                    "json, overlays and per-stage timings.",
+                    "json, overlays and per-stage timings. A source that cannot be read (missing, undecodable, "
+                    "truncated) is reported and skipped and the others are processed and written; the exit status "
+                    "is then 3 (0: every source read; 1: an error that stopped the run; --strict: stop at the "
+                    "first unreadable source, as exit status 1, writing nothing).",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image file, folder of images, video file, or webcam index (0, 1, ...)")
@@ -31,10 +34,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--flip-test", action="store_true", help="top-down flip test")
     p.add_argument("--max-frames", type=int, help="stop a video / webcam after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first source that cannot be read (exit status 1, no results written)")
+    p.add_argument("--errors", metavar="JSON",
+                   help="write the sources that could not be read here: [{source, error}, ...]")
     p.set_defaults(func=run)
 
+#: exit status when some sources could not be read and the others were processed.
+EXIT_SOME_FAILED = 3
 
-def _expand(sources: list[str]) -> list[tuple[str, object]]:
+
+def _expand(sources: list[str], failed: list[dict] | None = None) -> list[tuple[str, object]]:
+    """``(kind, source)`` for every image, video and webcam named by ``sources`` (folders expanded). A missing
+    source or an empty folder raises FileNotFoundError, or, with a ``failed`` list, is appended to it
+    (``{"source", "error"}``) and skipped."""
     from pathlib import Path
 
     items: list[tuple[str, object]] = []
@@ -43,33 +56,57 @@ def _expand(sources: list[str]) -> list[tuple[str, object]]:
             items.append(("webcam", int(s)))
             continue
         p = Path(s)
+        error = None
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
             if not files:
-                raise FileNotFoundError(f"no images or videos in folder {p}")
+                error = f"no images or videos in folder {p}"
             items.extend(("video" if f.suffix.lower() in VIDEO_EXTS else "image", f) for f in files)
         elif p.is_file():
             items.append(("video" if p.suffix.lower() in VIDEO_EXTS else "image", p))
         else:
-            raise FileNotFoundError(f"source not found: {s}")
+            error = f"source not found: {s}"
+        if error is not None:
+            if failed is None:
+                raise FileNotFoundError(error)
+            failed.append({"source": s, "error": error})
     return items
 
 
-def run(args: argparse.Namespace) -> int:
+def _write_json_atomic(path, obj) -> None:
     import json
+    from pathlib import Path
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(out)
+
+
+def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
     import cv2
     from tqdm import tqdm
 
-    from posekit.data.io import read_image, write_image
+    from posekit.data.io import ImageReadError, read_image, write_image
     from posekit.pipelines.estimator import PoseEstimator, open_video
     from posekit.pipelines.tracking import GreedyTracker
     from posekit.schema import get_schema
     from posekit.viz import VideoWriter, draw_people
 
-    items = _expand(args.sources)
+    failed: list[dict] = []  # sources that could not be read (skipped unless --strict)
+
+    def skip(source, error: str) -> None:
+        failed.append({"source": str(source), "error": error})
+        print(f"posekit predict: skipped {source}: {error}", file=sys.stderr)
+
+    items = _expand(args.sources, None if args.strict else failed)
+    n_sources = len(items) + len(failed)  # + the missing sources and empty folders
+    for f in failed:
+        print(f"posekit predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
     ids: dict[str, int] | None = None
     category_id = 1
     if args.annotations:
@@ -97,14 +134,20 @@ def run(args: argparse.Namespace) -> int:
     n_people = 0
     images = [src for kind, src in items if kind == "image"]
     for src in tqdm(images, desc="images", disable=args.no_progress or not images, file=sys.stderr):
-        with timer.stage("decode"):
-            img = read_image(src)
-        people = est(img)
-        n_people += len(people)
         if ids is not None:
             image_id = ids[Path(src).name]
-        else:
+        else:  # an unreadable image file keeps its number: the others' ids do not depend on whether it decodes
             image_id, next_id = next_id, next_id + 1
+        try:
+            with timer.stage("decode"):
+                img = read_image(src)
+        except ImageReadError as e:
+            if args.strict:
+                raise
+            skip(src, e.reason)
+            continue
+        people = est(img)
+        n_people += len(people)
         results.extend(p.to_coco(image_id, category_id) for p in people)
         if out_dir:
             with timer.stage("draw"):
@@ -113,7 +156,13 @@ def run(args: argparse.Namespace) -> int:
     for kind, src in items:
         if kind == "image":
             continue
-        cap = open_video(src)
+        try:
+            cap = open_video(src)
+        except (FileNotFoundError, RuntimeError) as e:
+            if args.strict:
+                raise
+            skip(src, str(e))
+            continue
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
         cap.release()
@@ -137,14 +186,15 @@ def run(args: argparse.Namespace) -> int:
                 writer.close()
     if args.out_json:
         out = Path(args.out_json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(results))
-        tmp.replace(out)
+        _write_json_atomic(out, results)
         if ids is None:
-            print(f"note: no --annotations given: image ids in {out} are sequential (1, 2, ...) in the order the "
-                  f"sources were read", file=sys.stderr)
-    print(f"{len(items)} source(s), {n_people} people" + (f", results: {args.out_json}" if args.out_json else ""))
+            print(f"note: no --annotations given: image ids in {out} are sequential (1, 2, ...) in the order of the "
+                  f"image files (one that could not be read keeps its number)", file=sys.stderr)
+    if args.errors:
+        _write_json_atomic(args.errors, failed)
+    print(f"{n_sources} source(s), {n_sources - len(failed)} read, {len(failed)} failed, {n_people} people"
+          + (f", results: {args.out_json}" if args.out_json else "")
+          + (f", errors: {args.errors}" if args.errors else ""))
     if args.timing:
         print(timer.format())
-    return 0
+    return EXIT_SOME_FAILED if failed else 0
