@@ -158,3 +158,34 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         export_rtmo_onnx(m, tmp_path / "x.bin")
     with pytest.raises(ValueError, match="multiples of 32"):
         export_rtmo_onnx(m, tmp_path / "x.onnx", input_size=(150, 160))
+
+
+def test_graph_does_not_depend_on_whether_the_example_has_people(tmp_path):
+    """A trained model finds nobody in the export's random example. The graph traced from such an example must still
+    give the model's people on an image that has some (the DCC once took a "no boxes" shortcut in Python, which the
+    trace fixed into the graph: keypoints of shape (1, 1, 17, 1) for every input)."""
+    import onnxruntime as ort
+
+    m = _model().eval()
+    empty = np.zeros((1, 3, 160, 160), np.float32)
+    busy = _blocks((1, 3, 160, 160), seed=2).astype(np.float32)
+    with torch.no_grad():
+        best = [float(m.head.flatten_levels(m(torch.from_numpy(x), with_kpt_offsets=False)["cls_scores"])
+                      .sigmoid().max()) for x in (empty, busy)]
+    assert best[0] < best[1]
+    thr = (best[0] + best[1]) / 2  # nobody in the example, someone in the busy image
+    wrapper = RTMOExportWrapper(m, (160, 160), score_thr=thr).eval()
+    path = tmp_path / "traced_empty.onnx"
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (torch.from_numpy(empty),), str(path), input_names=["input"],
+                          output_names=["dets", "keypoints"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "dets": {0: "batch", 1: "n"},
+                                        "keypoints": {0: "batch", 1: "n"}})
+        want_d, want_k = wrapper(torch.from_numpy(busy))
+    sess = ort.InferenceSession(str(path))
+    d, k = sess.run(None, {"input": busy})
+    assert k.shape[-2:] == (17, 3) and d.shape[1] == want_d.shape[1] >= 2
+    np.testing.assert_allclose(d, want_d.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(k, want_k.numpy(), rtol=1e-4, atol=1e-3)
+    d0, k0 = sess.run(None, {"input": empty})
+    assert d0.shape == (1, 1, 5) and k0.shape == (1, 1, 17, 3) and not d0.any()

@@ -119,7 +119,9 @@ class RTMOExportWrapper(nn.Module):
         det_boxes = boxes[bi, pi]
         dets = torch.cat((det_boxes, scores[bi, pi][:, None]), dim=1)  # (M, 5)
         cs = bbox_xyxy_to_cs(det_boxes, head.bbox_padding)
-        kxy = head.dcc(pose[bi, pi], cs, priors[bi, pi])  # (M, K, 2)
+        # the DCC without its "no boxes" shortcut: a Python branch would be traced for whichever case the export's
+        # example input happens to give (a trained model finds nobody in the random example), fixing it in the graph
+        kxy = head.dcc.decode(*head.dcc.probabilities(pose[bi, pi], cs, priors[bi, pi]), cs)  # (M, K, 2)
         kpts = torch.cat((kxy, vis[bi, pi][..., None]), dim=-1)  # (M, K, 3)
         # one row per selected box in every image (zero where it belongs to another image), one zero row
         own = (bi[None, :] == torch.arange(B, device=x.device)[:, None]).to(dets.dtype)  # (B, M)
