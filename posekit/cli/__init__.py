@@ -19,6 +19,7 @@ COMMANDS = {
     "export": "export",
     "train": "train",
     "compare": "compare",
+    "check-training-parity": "check_parity",
 }
 
 

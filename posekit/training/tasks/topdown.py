@@ -19,7 +19,10 @@
     objective, the Hourglass intermediate supervision), :func:`posekit.losses.stage.stage_l2_loss`;
   - ``heatmaps`` (SimpleBaseline, ViTPose): keypoint MSE, :func:`posekit.losses.topdown.keypoint_mse_loss`;
   - ``pred_x`` / ``pred_y`` (RTMPose): SimCC KL loss (:func:`~posekit.losses.topdown.kl_discret_loss`, RTMPose's
-    beta 10 / label softmax) divided by the batch size (MMPose sums it over the instances).
+    beta 10 / label softmax). ``task_options.simcc_loss_norm``: ``mmpose`` is MMPose's ``KLDiscretLoss`` exactly
+    (summed over the instances and divided by K), ``batch`` also divides by the batch size (a per-sample mean like
+    the other families); unset, it is ``mmpose`` for the official presets (``rtmpose-t|s|m|l``, the published
+    recipe) and ``batch`` for posekit's CPU preset ``rtmpose-nano`` (docs/training-parity.md).
 
 * Evaluation: the validation people cropped from their ground-truth boxes, the model (flip test by default),
   decoding, keypoints mapped back to image pixels with the inverse crop affine, COCO keypoint AP against
@@ -44,7 +47,9 @@ other stats) per decoder on its own validation file, and ``AP`` = their mean.
 ``task_options`` (all optional): ``flip_test`` (true), ``eval_batch_size`` (64), ``dark`` (false: true switches MSRA
 heatmap codecs -- SimpleBaseline, CPM, Hourglass, CPN -- to DARK: uncut Gaussians centred on the exact position and
 Taylor-refined decoding, :class:`~posekit.codecs.heatmap.HeatmapCodec` ``unbiased=True``; it matters for small
-heatmaps, where MSRA's rounding to a cell costs a lot of AP).
+heatmaps, where MSRA's rounding to a cell costs a lot of AP), ``simcc_loss_norm`` (null: ``"mmpose"`` for the official
+RTMPose presets, ``"batch"`` for ``rtmpose-nano``; ``"mmpose"``: RTMPose's loss as MMPose computes it, a sum over the
+instances / K; ``"batch"``: also divided by the batch size).
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ _DATA_OPTIONS = {
     "udp": None,
     "datasets": None,
 }
-_TASK_OPTIONS = {"flip_test": True, "eval_batch_size": 64, "dark": False}
+_TASK_OPTIONS = {"flip_test": True, "eval_batch_size": 64, "dark": False, "simcc_loss_norm": None}
 _DATASET_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
 
 
@@ -300,6 +305,9 @@ class TopDownTask(TrainTask):
             raise ValueError(f"unknown task_options key(s) for task 'topdown': {sorted(unknown)} "
                              f"(known: {', '.join(sorted(_TASK_OPTIONS))})")
         self.task_options = {**_TASK_OPTIONS, **topts}
+        if self.task_options["simcc_loss_norm"] not in (None, "mmpose", "batch"):
+            raise ValueError(f"task_options.simcc_loss_norm must be 'mmpose', 'batch' or null, "
+                             f"got {self.task_options['simcc_loss_norm']!r}")
         return out
 
     def _dataset_paths(self, cfg) -> dict:
@@ -470,12 +478,23 @@ class TopDownTask(TrainTask):
             return out["loss"], {"loss_first_stage": float(out["loss_stage1"].detach()),
                                  "loss_last_stage": float(out[f"loss_stage{n}"].detach())}
         if "pred_x" in raw:
-            b = raw["pred_x"].shape[0]
             loss = kl_discret_loss((raw["pred_x"].float(), raw["pred_y"].float()),
-                                   (batch["x_labels"], batch["y_labels"]), w) / b
+                                   (batch["x_labels"], batch["y_labels"]), w)
+            if self.simcc_loss_norm() == "batch":
+                loss = loss / raw["pred_x"].shape[0]
             return loss, {"loss_kl": float(loss.detach())}
         loss = keypoint_mse_loss(raw["heatmaps"].float(), batch["heatmaps"], w)
         return loss, {"loss_mse": float(loss.detach())}
+
+    def simcc_loss_norm(self) -> str:
+        """``"mmpose"`` or ``"batch"``: ``task_options.simcc_loss_norm``, or when unset ``"mmpose"`` for the
+        official presets (:data:`~posekit.models.topdown_presets.TOPDOWN_PRESETS`) and ``"batch"`` otherwise."""
+        from posekit.models.topdown_presets import TOPDOWN_PRESETS
+
+        opt = self.task_options.get("simcc_loss_norm")
+        if opt is None:
+            return "mmpose" if self.model_name in TOPDOWN_PRESETS else "batch"
+        return str(opt)
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if "decoders" not in batch:
