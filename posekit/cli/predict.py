@@ -44,10 +44,10 @@ def add_parser(subparsers) -> None:
 EXIT_SOME_FAILED = 3
 
 
-def _expand(sources: list[str], failed: list[dict] | None = None) -> list[tuple[str, object]]:
+def _expand(sources: list[str], skip=None) -> list[tuple[str, object]]:
     """``(kind, source)`` for every image, video and webcam named by ``sources`` (folders expanded). A missing
-    source or an empty folder raises FileNotFoundError, or, with a ``failed`` list, is appended to it
-    (``{"source", "error"}``) and skipped."""
+    source or an empty folder raises FileNotFoundError, or, with ``skip(source, reason)``, is reported to it and
+    skipped."""
     from pathlib import Path
 
     items: list[tuple[str, object]] = []
@@ -67,31 +67,22 @@ def _expand(sources: list[str], failed: list[dict] | None = None) -> list[tuple[
         else:
             error = f"source not found: {s}"
         if error is not None:
-            if failed is None:
+            if skip is None:
                 raise FileNotFoundError(error)
-            failed.append({"source": s, "error": error})
+            skip(s, error)
     return items
 
 
-def _write_json_atomic(path, obj) -> None:
-    import json
-    from pathlib import Path
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(out)
-
-
 def run(args: argparse.Namespace) -> int:
+    import json
     import sys
     from pathlib import Path
 
     import cv2
     from tqdm import tqdm
 
-    from posekit.data.io import ImageReadError, read_image, write_image
+    from posekit.data.io import ImageReadError, read_image, write_bytes_atomic, write_image
+    from posekit.evaluation.results import save_results
     from posekit.pipelines.estimator import PoseEstimator, open_video
     from posekit.pipelines.tracking import GreedyTracker
     from posekit.schema import get_schema
@@ -103,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
         failed.append({"source": str(source), "error": error})
         print(f"posekit predict: skipped {source}: {error}", file=sys.stderr)
 
-    items = _expand(args.sources, None if args.strict else failed)
+    items = _expand(args.sources, None if args.strict else skip)
     n_sources = len(items) + len(failed)  # + the missing sources and empty folders
-    for f in failed:
-        print(f"posekit predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
     ids: dict[str, int] | None = None
     category_id = 1
     if args.annotations:
@@ -186,12 +175,12 @@ def run(args: argparse.Namespace) -> int:
                 writer.close()
     if args.out_json:
         out = Path(args.out_json)
-        _write_json_atomic(out, results)
+        save_results(results, out)
         if ids is None:
             print(f"note: no --annotations given: image ids in {out} are sequential (1, 2, ...) in the order of the "
                   f"image files (one that could not be read keeps its number)", file=sys.stderr)
     if args.errors:
-        _write_json_atomic(args.errors, failed)
+        write_bytes_atomic(args.errors, json.dumps(failed, indent=1).encode())
     print(f"{n_sources} source(s), {n_sources - len(failed)} read, {len(failed)} failed, {n_people} people"
           + (f", results: {args.out_json}" if args.out_json else "")
           + (f", errors: {args.errors}" if args.errors else ""))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 from posekit.compare.spec import PipelineSpec
@@ -30,21 +28,6 @@ def paradigm_of(card) -> str:
     raise ValueError(f"model card '{card.name}' is a {card.kind!r} model, not a pose model")
 
 
-def _save_atomic(obj, path: Path) -> Path:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_random_checkpoint(preset: str, overrides: dict, path: Path, seed: int = 0,
                             input_size: tuple[int, int] | None = None, state_dict=None) -> Path:
     """A posekit checkpoint (``{"model", "config"}``) of preset ``preset`` with ``overrides``: seeded random
@@ -53,6 +36,7 @@ def write_random_checkpoint(preset: str, overrides: dict, path: Path, seed: int 
     import torch
 
     from posekit.models.presets import build_model
+    from posekit.training.checkpoint import save_checkpoint
 
     if state_dict is None:
         torch.manual_seed(int(seed))
@@ -61,7 +45,7 @@ def write_random_checkpoint(preset: str, overrides: dict, path: Path, seed: int 
                                                          for k, v in overrides.items()}}}
     if input_size is not None:
         cfg["data"] = {"input_size": [int(input_size[0]), int(input_size[1])]}
-    return _save_atomic({"model": state_dict, "config": cfg}, Path(path))
+    return save_checkpoint({"model": state_dict, "config": cfg}, Path(path))
 
 
 def _card_with_input_size(model: str, input_size):

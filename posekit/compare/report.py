@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from posekit.compare.stats import CROWD_BINS, pareto_front
+from posekit.data.io import write_bytes_atomic
 
 __all__ = ["claims", "write_report", "tables", "make_plots", "PLOT_FILES"]
 
@@ -28,18 +28,6 @@ PLOT_FILES = {
     "stage_split.png": "Median time per image, split into stages",
     "stages.png": "Multi-stage: AP and time when the model stops after stage t",
 }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(o):
@@ -302,12 +290,11 @@ def make_plots(report: dict, out: Path) -> list[str]:
     colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(report["pipelines"])}
 
     def save(fig, name):
-        buf = out / name
         fig.tight_layout()
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
-        os.replace(tmp, buf)
+        write_bytes_atomic(out / name, png.getvalue())
         made.append(name)
 
     if ok:
@@ -425,8 +412,8 @@ def write_report(report: dict, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots(report, out)
     report.setdefault("meta", {})["plots"] = plots
-    _atomic_write(out / "compare.json", json.dumps(_clean(report), indent=1, default=_json_default).encode())
-    _atomic_write(out / "compare.md", _markdown(report, plots).encode())
-    _atomic_write(out / "report.html", _html(report, out, plots).encode())
+    write_bytes_atomic(out / "compare.json", json.dumps(_clean(report), indent=1, default=_json_default).encode())
+    write_bytes_atomic(out / "compare.md", _markdown(report, plots).encode())
+    write_bytes_atomic(out / "report.html", _html(report, out, plots).encode())
     return {"json": out / "compare.json", "md": out / "compare.md", "html": out / "report.html",
             "plots": [out / p for p in plots]}

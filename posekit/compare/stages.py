@@ -33,21 +33,22 @@ def stage_field(preset: str) -> str:
 def full_model(spec, work_dir: str | Path):
     """``(model, overrides, input_size)`` of a PyTorch multi-stage pipeline (``random`` or ``.pth``/``.pt``)."""
     from posekit.compare.build import write_random_checkpoint
-    from posekit.models.checkpoints import checkpoint_settings, is_torch_weights, load_preset, trained_overrides
+    from posekit.models.checkpoints import (checkpoint_settings, is_torch_weights, load_preset, read_checkpoint,
+                                            trained_overrides)
 
     stage_field(spec.model)
     if spec.random_weights:
         path = write_random_checkpoint(spec.model, spec.overrides, Path(work_dir) / "weights" / f"{spec.name}.pt",
                                        spec.seed, spec.input_size)
-        overrides = dict(spec.overrides)
     elif is_torch_weights(spec.weights):
         path = Path(spec.weights)
-        overrides = trained_overrides(spec.model, path)  # top-down: + the trained input / heatmap size
     else:
         raise ValueError(f"pipeline '{spec.name}': --stages needs PyTorch weights (.pth / .pt or random) of a "
                          f"multi-stage preset, got weights={spec.weights!r}")
-    size = spec.input_size or checkpoint_settings(path).get("input_size")
-    return load_preset(spec.model, path), overrides, size
+    ckpt = read_checkpoint(path)  # once, for the model, its overrides and its input size
+    overrides = trained_overrides(spec.model, path, checkpoint=ckpt)  # top-down: + the trained input / heatmap size
+    size = spec.input_size or checkpoint_settings(ckpt).get("input_size")
+    return load_preset(spec.model, path, checkpoint=ckpt), overrides, size
 
 
 def truncated_state(preset: str, overrides: dict, full_state: dict, t: int) -> dict:

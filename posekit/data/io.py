@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "is_truncated", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "read_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS"]
 
 #: Extensions :func:`write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -177,12 +177,20 @@ def write_image(path: str | os.PathLike, img: np.ndarray, quality: int | None = 
     if not ok:
         raise ValueError(f"cannot write image {p}: OpenCV could not encode a {img.shape} {img.dtype} array as {ext}")
 
+    return write_bytes_atomic(p, buf.tobytes())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the destination folder (created if needed),
+    fsync, then ``os.replace``. A failing write leaves neither a partial file nor a temporary one, and an existing
+    destination untouched. Returns the path."""
+    p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from posekit.models.checkpoints import check_openpose_model
+
 __all__ = [
     "MapsExportWrapper",
     "export_openpose_onnx",
@@ -57,12 +59,6 @@ class MapsExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = self.model((x - self.mean) * self.inv_std)
         return torch.cat([raw["heatmaps"], raw["pafs"]], dim=1)
-
-
-def _check_openpose(model: nn.Module, what: str = "model") -> None:
-    for attr in ("codec", "num_pafs", "num_heatmaps", "mean", "std", "stride", "schema"):
-        if not hasattr(model, attr):
-            raise ValueError(f"{what} is a {type(model).__name__}, not a posekit OpenPose model (no {attr!r})")
 
 
 def _paf_params_dict(params) -> dict:
@@ -97,7 +93,7 @@ def openpose_card_dict(model: nn.Module, onnx_file: str, name: str, input_size: 
     """
     from posekit.schema import COCO17_TO_OPENPOSE18_INDEX
 
-    _check_openpose(model)
+    check_openpose_model(model)
     codec = model.codec
     w, h = (int(v) for v in input_size)
     parts = list(model.schema.keypoints)
@@ -161,7 +157,7 @@ def export_openpose_onnx(model: nn.Module, out: str | Path, *, input_size: Seque
     """
     import yaml
 
-    _check_openpose(model)
+    check_openpose_model(model)
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {out}")

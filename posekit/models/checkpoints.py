@@ -17,15 +17,16 @@ through :func:`posekit.models.weights.load_weights`. Every file is read with ``t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["TORCH_SUFFIXES", "is_torch_weights", "read_checkpoint", "training_parts", "model_family",
-           "preset_family", "load_preset", "load_openpose_checkpoint", "load_rtmo_checkpoint", "trained_overrides",
-           "checkpoint_settings"]
+__all__ = ["TORCH_SUFFIXES", "is_torch_weights", "read_checkpoint", "training_parts", "check_openpose_model",
+           "model_family", "preset_family", "load_preset", "load_openpose_checkpoint", "load_rtmo_checkpoint",
+           "trained_overrides", "checkpoint_settings"]
 
 #: weight file suffixes that select the PyTorch backend.
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -77,6 +78,13 @@ def _tuples(over: Mapping[str, Any]) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in over.items()}
 
 
+def check_openpose_model(model, what: str = "model") -> None:
+    """ValueError naming ``what`` and the first missing attribute unless ``model`` is a posekit OpenPose model."""
+    for attr in _OPENPOSE_ATTRS:
+        if not hasattr(model, attr):
+            raise ValueError(f"{what} is a {type(model).__name__}, not a posekit OpenPose model (no {attr!r})")
+
+
 def model_family(model) -> str:
     """``"topdown"``, ``"rtmo"`` or ``"openpose"`` for a posekit model (ValueError otherwise)."""
     from posekit.models.topdown import TopDownModel
@@ -108,7 +116,7 @@ def preset_family(preset: str) -> str:
 
 
 def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mapping[str, Any] | None = None,
-                             use_ema: bool = True) -> nn.Module:
+                             use_ema: bool = True, checkpoint: Any = None) -> nn.Module:
     """An OpenPose preset with the weights of ``weights``, in eval mode.
 
     ``weights``: a posekit training checkpoint, a dict with ``"state_dict"``, or a plain state_dict (``module.``
@@ -118,7 +126,7 @@ def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mappin
     from posekit.models.presets import build_model
 
     path = Path(weights)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     state, saved, cfg = training_parts(ckpt, use_ema)
     _check_trained_as(cfg, preset, path)
     if state is ckpt and isinstance(ckpt, Mapping) and "state_dict" in ckpt:
@@ -127,10 +135,7 @@ def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mappin
         raise ValueError(f"{path}: expected a state_dict or a checkpoint dict, got {type(ckpt).__name__}")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     model = build_model(preset, **(dict(overrides) if overrides is not None else saved))
-    missing_attrs = [a for a in _OPENPOSE_ATTRS if not hasattr(model, a)]
-    if missing_attrs:
-        raise ValueError(f"preset {preset!r} is a {type(model).__name__}, not a posekit OpenPose model (no "
-                         f"{missing_attrs[0]!r})")
+    check_openpose_model(model, f"preset {preset!r}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -146,7 +151,7 @@ def load_openpose_checkpoint(preset: str, weights: str | Path, overrides: Mappin
 
 
 def load_rtmo_checkpoint(preset: str, weights: str | Path, overrides: Optional[Mapping[str, Any]] = None,
-                         use_ema: bool = True) -> nn.Module:
+                         use_ema: bool = True, checkpoint: Any = None) -> nn.Module:
     """An RTMO preset with the weights of ``weights``, in eval mode.
 
     ``weights``: a posekit training checkpoint (its saved overrides and ``data.input_size`` unless ``overrides`` is
@@ -156,7 +161,7 @@ def load_rtmo_checkpoint(preset: str, weights: str | Path, overrides: Optional[M
     from posekit.models.rtmo import build_rtmo, load_mmpose_rtmo_checkpoint
 
     path = Path(weights)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     state, saved, cfg = training_parts(ckpt, use_ema)
     _check_trained_as(cfg, preset, path)
     if overrides is None:
@@ -178,9 +183,10 @@ def load_rtmo_checkpoint(preset: str, weights: str | Path, overrides: Optional[M
 
 
 def load_preset(preset: str, weights: str | Path, overrides: Optional[Mapping[str, Any]] = None,
-                use_ema: bool = True) -> nn.Module:
+                use_ema: bool = True, checkpoint: Any = None) -> nn.Module:
     """Preset ``preset`` with the weights of ``weights`` (a ``.pth`` / ``.pt`` file), in eval mode, through its
-    family's loader (see the module docstring).
+    family's loader (see the module docstring). ``checkpoint``: the file's content when the caller has already
+    read it (:func:`read_checkpoint`), so that it is not read twice; ``weights`` then only names it in messages.
 
     Raises:
         FileNotFoundError, KeyError (unknown preset), ValueError / RuntimeError (weights that do not fit).
@@ -190,11 +196,11 @@ def load_preset(preset: str, weights: str | Path, overrides: Optional[Mapping[st
 
     family = preset_family(preset)
     if family == "openpose":
-        return load_openpose_checkpoint(preset, weights, overrides, use_ema=use_ema)
+        return load_openpose_checkpoint(preset, weights, overrides, use_ema=use_ema, checkpoint=checkpoint)
     if family == "rtmo":
-        return load_rtmo_checkpoint(preset, weights, overrides, use_ema=use_ema)
+        return load_rtmo_checkpoint(preset, weights, overrides, use_ema=use_ema, checkpoint=checkpoint)
     path = Path(weights)
-    state, saved, cfg = training_parts(read_checkpoint(path), use_ema)
+    state, saved, cfg = training_parts(read_checkpoint(path) if checkpoint is None else checkpoint, use_ema)
     _check_trained_as(cfg, preset, path)
     over = _tuples(overrides) if overrides is not None else _topdown_trained_overrides(preset, _tuples(saved), cfg)
     model = build_model(preset, **over)
@@ -223,24 +229,28 @@ def _topdown_trained_overrides(preset: str, saved: dict, cfg: Mapping) -> dict:
     return over
 
 
-def trained_overrides(preset: str, weights: str | Path, use_ema: bool = True) -> dict:
+def trained_overrides(preset: str, weights: str | Path, use_ema: bool = True, checkpoint: Any = None) -> dict:
     """The builder overrides :func:`load_preset` rebuilds a top-down training checkpoint with (its saved
-    ``model.overrides`` plus the training input and heatmap sizes); the saved overrides for other checkpoints."""
-    path = Path(weights)
-    _, saved, cfg = training_parts(read_checkpoint(path), use_ema)
+    ``model.overrides`` plus the training input and heatmap sizes); the saved overrides for other checkpoints.
+    ``checkpoint``: the already read content of ``weights``, as for :func:`load_preset`."""
+    _, saved, cfg = training_parts(read_checkpoint(weights) if checkpoint is None else checkpoint, use_ema)
     saved = _tuples(saved)
     return _topdown_trained_overrides(preset, saved, cfg) if preset_family(preset) == "topdown" else saved
 
 
-def checkpoint_settings(weights: str | Path) -> dict:
+def checkpoint_settings(weights: Any) -> dict:
     """What a posekit training checkpoint says about running the model: ``input_size`` (``data.input_size``) and,
-    for the ``openpose`` task, the association ``paf_params`` its evaluation used. Empty for other files."""
+    for the ``openpose`` task, the association ``paf_params`` its evaluation used. Empty for other files.
+    ``weights``: the file, or its content already read (:func:`read_checkpoint`)."""
     from posekit.association.params import DEFAULT_EVAL_PARAMS
 
-    try:
-        ckpt = torch.load(Path(weights), map_location="cpu", weights_only=True)
-    except Exception:  # not a training checkpoint; the loader reports real problems
-        return {}
+    if isinstance(weights, (str, os.PathLike)):
+        try:
+            ckpt = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        except Exception:  # not a training checkpoint; the loader reports real problems
+            return {}
+    else:
+        ckpt = weights
     cfg = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     out: dict = {}
     if isinstance(cfg, Mapping):

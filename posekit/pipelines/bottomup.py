@@ -212,10 +212,9 @@ def torch_paf_pipeline(model, params=None) -> PafPipeline:
         params: :class:`PafParams` or a mapping of its fields (None: the defaults).
     """
     from posekit.export.onnx import torch_maps
-    from posekit.models.checkpoints import model_family
+    from posekit.models.checkpoints import check_openpose_model
 
-    if model_family(model) != "openpose":
-        raise ValueError(f"torch_paf_pipeline needs a posekit OpenPose model, got a {type(model).__name__}")
+    check_openpose_model(model, "torch_paf_pipeline's model")
     if params is None:
         params = PafParams()
     elif not isinstance(params, PafParams):

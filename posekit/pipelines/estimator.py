@@ -232,8 +232,9 @@ class PoseEstimator:
                 raise KeyError(f"{where}: PyTorch weights {weights} need the model preset of the same name, and "
                                f"there is none; use the preset's name (posekit.list_models()) or an .onnx "
                                f"file") from None
-            net = ck.load_preset(name, weights)
-            settings = ck.checkpoint_settings(weights)
+            ckpt = ck.read_checkpoint(weights)  # read once: the model and its running settings
+            net = ck.load_preset(name, weights, checkpoint=ckpt)
+            settings = ck.checkpoint_settings(ckpt)
         if device is not None:
             net = net.to(device)
         if given is not None:

@@ -37,7 +37,6 @@ values as *not checked* (this checker does not implement RTMO's assignment and l
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +99,9 @@ def _load_pt(path: Path) -> dict:
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing reference file: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"malformed reference file {path}: {e}") from None
+    from posekit.data.io import read_json
+
+    data = read_json(path, "reference file")
     if not isinstance(data, dict):
         raise ValueError(f"malformed reference file {path}: expected a JSON object")
     return data
