@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train",
     "compare": "compare",
     "check-training-parity": "check_parity",
+    "serve": "serve",
 }
 
 

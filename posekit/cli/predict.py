@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from posekit.cli.model_args import add_model_arguments, model_specs
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
@@ -20,11 +22,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image file, folder of images, video file, or webcam index (0, 1, ...)")
-    p.add_argument("--model", default="rtmo-s", help="built-in card name or card .yaml path (default rtmo-s)")
-    p.add_argument("--weights", help="the model's weights: an ONNX file, or a .pth/.pt checkpoint to run the "
-                   "PyTorch preset of that name (else the card's path / cache / download)")
-    p.add_argument("--detector", help="top-down models: detector card (default yolox-nano-human) or an rtmo card")
-    p.add_argument("--detector-weights", help="the detector's ONNX file")
+    add_model_arguments(p)
     p.add_argument("--out-json", help="write COCO-format keypoint results here")
     p.add_argument("--annotations", help="COCO json whose image ids are used (matched by file name)")
     p.add_argument("--out-dir", help="write overlay images / videos here")
@@ -83,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from posekit.data.io import ImageReadError, read_image, write_bytes_atomic, write_image
     from posekit.evaluation.results import save_results
-    from posekit.pipelines.estimator import PoseEstimator, open_video
+    from posekit.pipelines.estimator import open_video
     from posekit.pipelines.tracking import GreedyTracker
     from posekit.schema import get_schema
     from posekit.viz import VideoWriter, draw_people
@@ -114,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    est = PoseEstimator(args.model, detector=args.detector, weights=args.weights, threads=args.threads,
-                        detector_weights=args.detector_weights, flip_test=args.flip_test)
+    est = model_specs(args)[0].build(threads=args.threads, flip_test=args.flip_test)
     schema = get_schema(est.card.schema)
     timer = est.timer
     results: list[dict] = []

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "read_image", "decode_image", "write_image", "write_bytes_atomic", "is_truncated",
+           "IMAGE_EXTENSIONS"]
 
 #: Extensions :func:`write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,8 +100,6 @@ def read_image(path: str | os.PathLike, exif_orientation: bool = False) -> np.nd
         ImageReadError: naming the path, when the file is missing, is not a file, cannot be read, is empty,
             is truncated or cannot be decoded.
     """
-    import cv2
-
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, "file not found")
@@ -110,14 +109,24 @@ def read_image(path: str | os.PathLike, exif_orientation: bool = False) -> np.nd
         raw = np.fromfile(str(p), dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(p, f"{type(e).__name__}: {e}") from e
+    return decode_image(raw, p, exif_orientation)
+
+
+def decode_image(data: bytes | np.ndarray, name: str | os.PathLike = "image", exif_orientation: bool = False
+                 ) -> np.ndarray:
+    """Decode encoded image bytes (a file's content, an upload) as ``read_image`` does; ``ImageReadError`` naming
+    ``name`` when they are empty, truncated or not decodable."""
+    import cv2
+
+    raw = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if raw.size == 0:
-        raise ImageReadError(p, "empty file")
+        raise ImageReadError(name, "empty file")
     if is_truncated(raw.tobytes()):
-        raise ImageReadError(p, "truncated file (the image data ends before its end marker)")
+        raise ImageReadError(name, "truncated file (the image data ends before its end marker)")
     flags = cv2.IMREAD_COLOR if exif_orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(raw, flags)
     if img is None:
-        raise ImageReadError(p, "not a decodable image (unknown format or corrupt data)")
+        raise ImageReadError(name, "not a decodable image (unknown format or corrupt data)")
     if img.ndim == 2:  # defensive: IMREAD_COLOR always gives 3 channels
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     elif img.shape[2] == 4:
