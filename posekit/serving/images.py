@@ -36,7 +36,7 @@ def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
     except Image.DecompressionBombError as e:
-        raise ImageRejected(413, f"image too large: {e}") from None
+        raise ImageRejected(413, f"image too large: {e} (this server's limit: {max_pixels} pixels)") from None
     except Exception as e:  # Pillow raises UnidentifiedImageError, SyntaxError, struct.error... on garbage
         raise ImageRejected(400, f"not an image (the bytes are no known image format: {type(e).__name__})") \
             from None
