@@ -206,7 +206,7 @@ def test_timeout_answers_504_and_keeps_the_worker(expected):
         t0 = time.monotonic()
         r = post()
         assert r.status_code == 504 and "timeout of 1 s" in r.json()["error"]
-        assert 0.9 < time.monotonic() - t0 < 2.5
+        assert 0.9 < time.monotonic() - t0 < 2.9  # answered before the stuck call returned (3 s)
         r = post()  # the only worker is still busy with the stuck call: this one waits and times out too
         assert r.status_code == 504
         time.sleep(max(0.0, t0 + 3.3 - time.monotonic()))
