@@ -7,7 +7,9 @@ threads, a queue long enough for every client) and, for each client count N, run
 + httpx over loopback, each posting the 4 ``mmpose-coco`` images in turn) for a fixed time: requests/s, p50/p99
 latency, failures (any answer but 200). The reference is the same pipeline in this process, in a loop over the
 same encoded images (decode + ``PoseEstimator``) with the same thread budget. Rounds alternate (in-process, 1, 4,
-16 clients, in-process, ...) so that the ratio sees the same machine load.
+16 clients, in-process, ...) so that the ratio sees the same machine load. On a busy machine the wall-time ratio
+is noisy; the CPU time per request (the server process, all threads; in-process: this process) does not depend on
+what else runs, so it is printed beside it, with the load generator's own CPU per request.
 
 Part 2 (``--microbatch``) asks whether concurrent requests for a top-down model should share one batch of crops:
 it times the top-down network (rtmpose-t at 256x192, random weights, exported to ONNX) on ``m`` requests of ``k``
@@ -40,16 +42,22 @@ def in_process(datas: list[bytes], seconds: float, threads: int) -> dict:
     est(decode_image(datas[0]))  # warm-up
     lat, k = [], 0
     t_end = time.perf_counter() + seconds
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while time.perf_counter() < t_end:
         t = time.perf_counter()
         est(decode_image(datas[k % len(datas)]))
         lat.append(time.perf_counter() - t)
         k += 1
-    return {"n": k, "elapsed": time.perf_counter() - t0, "lat": lat, "fail": 0}
+    return {"n": k, "elapsed": time.perf_counter() - t0, "lat": lat, "fail": 0, "cpu": time.process_time() - c0}
 
 
-async def _clients(url: str, datas: list[bytes], n_clients: int, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _clients(url: str, datas: list[bytes], n_clients: int, seconds: float, pid: int) -> dict:
     import httpx
 
     lat, fail, done = [], [0], [0]
@@ -71,9 +79,10 @@ async def _clients(url: str, datas: list[bytes], n_clients: int, seconds: float)
                 done[0] += 1
                 fail[0] += not ok
                 k += 1
-        t0 = time.perf_counter()
+        t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_seconds(pid)
         await asyncio.gather(*[client(i) for i in range(n_clients)])
-        return {"n": done[0], "elapsed": time.perf_counter() - t0, "lat": lat, "fail": fail[0]}
+        return {"n": done[0], "elapsed": time.perf_counter() - t0, "lat": lat, "fail": fail[0],
+                "cpu": cpu_seconds(pid) - s0, "client_cpu": time.process_time() - c0}
 
 
 def start_server(threads: int, queue: int):
@@ -99,10 +108,16 @@ def start_server(threads: int, queue: int):
     raise RuntimeError("posekit serve did not start")
 
 
-def summary(runs: list[dict]) -> tuple[float, float, float, int]:
+def summary(runs: list[dict]) -> tuple[float, float, float, int, float, float]:
+    """requests/s (mean of the rounds), p50 and p99 latency (ms, pooled), failures, and the CPU ms per request of
+    the pipeline (the server process; in-process: this process) and of the load generator."""
     lat = np.concatenate([np.asarray(r["lat"]) for r in runs]) * 1e3
     rps = float(np.mean([r["n"] / r["elapsed"] for r in runs]))
-    return rps, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), int(sum(r["fail"] for r in runs))
+    n = sum(r["n"] for r in runs)
+    cpu = 1e3 * sum(r["cpu"] for r in runs) / n
+    client = 1e3 * sum(r.get("client_cpu", 0.0) for r in runs) / n
+    return rps, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), int(sum(r["fail"] for r in runs)), \
+        cpu, client
 
 
 def load_study(args) -> None:
@@ -113,20 +128,21 @@ def load_study(args) -> None:
         for r in range(args.rounds):
             results["in-process"].append(in_process(datas, args.seconds, args.threads))
             for n in args.clients:
-                results[f"{n} clients"].append(asyncio.run(_clients(url, datas, n, args.seconds)))
+                results[f"{n} clients"].append(asyncio.run(_clients(url, datas, n, args.seconds, proc.pid)))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(30)
-    base = summary(results["in-process"])[0]
+    base, base_cpu = summary(results["in-process"])[0], summary(results["in-process"])[4]
     print(f"\n[1] tf-pose (432x368 network, 4 COCO images), {args.threads} onnxruntime thread(s), "
           f"{args.seconds:g} s x {args.rounds} rounds each; load before: {LOAD0}")
     print(f"| {'setting':<12} | {'requests/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | {'failures':>8} | "
-          f"{'vs in-process':>13} |")
-    print(f"|{'-' * 14}|{'-' * 12}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 15}|")
+          f"{'vs in-process':>13} | {'server CPU ms/req':>17} | {'CPU vs in-process':>17} | {'client CPU ms/req':>17} |")
+    print(f"|{'-' * 14}|{'-' * 12}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 15}|{'-' * 19}|{'-' * 19}|{'-' * 19}|")
     for name, runs in results.items():
-        rps, p50, p99, fails = summary(runs)
-        print(f"| {name:<12} | {rps:>10.1f} | {p50:>7.1f} | {p99:>7.1f} | {fails:>8d} | {rps / base:>12.2f}x |")
+        rps, p50, p99, fails, cpu, client = summary(runs)
+        print(f"| {name:<12} | {rps:>10.1f} | {p50:>7.1f} | {p99:>7.1f} | {fails:>8d} | {rps / base:>12.2f}x | "
+              f"{cpu:>17.1f} | {cpu / base_cpu:>16.2f}x | {client:>17.1f} |")
     per_round = [a["n"] / a["elapsed"] / (b["n"] / b["elapsed"])
                  for a, b in zip(results[f"{max(args.clients)} clients"], results["in-process"])]
     print(f"{max(args.clients)} clients / in-process, per round: " + ", ".join(f"{x:.2f}" for x in per_round))

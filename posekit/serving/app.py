@@ -367,7 +367,11 @@ def create_app(models: Mapping[str, Sequence], config: ServeConfig | None = None
     svc = PoseService(models, config)
 
     async def pose(request: Request) -> Response:
-        data, fields = await _read_upload(request, config.max_body_bytes)
+        try:  # a client that sends its body too slowly holds no worker and gets 408
+            data, fields = await asyncio.wait_for(_read_upload(request, config.max_body_bytes), config.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within the timeout of {config.timeout_s:g} s "
+                                f"(--timeout)") from None
         values = dict(request.query_params)
         for k, v in fields.items():
             if k in values and values[k] != v:
@@ -516,6 +520,12 @@ async def stream_session(ws: WebSocket, svc: PoseService) -> None:
                 await ws.send_json({**result, "frame": number, "dropped": state["dropped"]})
             except ApiError as e:
                 await send_error(e.status, e.message, frame=number, **e.extra)
+            except (WebSocketDisconnect, RuntimeError) as e:
+                if state["closed"] or isinstance(e, WebSocketDisconnect):
+                    return  # the client left while its answer was being sent
+                await send_error(500, f"internal error: {type(e).__name__}", frame=number)
+            except Exception as e:  # noqa: BLE001 - a bug in a model must not end the stream
+                await send_error(500, f"internal error: {type(e).__name__}", frame=number)
 
     rx = asyncio.create_task(receiver())
     px = asyncio.create_task(processor())

@@ -1,16 +1,19 @@
 """A bounded worker pool per model: inference runs on threads, never on the event loop.
 
-Each model has ``workers`` replicas (``PoseEstimator`` objects, each with its own sessions and stage timer) and as
-many threads; a replica serves one request at a time, so its timer's difference over a call is that request's
-per-stage times. At most ``queue_size`` requests wait for a free replica; one more is refused (``QueueFull``:
-the service answers 503 with ``Retry-After``).
+Each model has ``workers`` replicas (``PoseEstimator`` objects, each with its own sessions and stage timer), each
+owned by one thread for the life of the service, so a replica never serves two requests at once and its timer's
+difference over a call is that request's per-stage times. The event loop puts jobs on the model's queue and awaits
+their futures; a thread that finishes a job takes the next one from the queue itself (no round trip through the
+event loop between two images, which on a busy machine costs a scheduling delay each). At most ``queue_size`` jobs
+wait beyond the busy threads; one more is refused (``QueueFull``: the service answers 503 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 __all__ = ["QueueFull", "ModelWorkers", "stage_times"]
@@ -25,12 +28,20 @@ def stage_times(timer, before: dict[str, float]) -> dict[str, float]:
     return {k: 1e3 * (v - before.get(k, 0.0)) for k, v in timer.totals.items() if v - before.get(k, 0.0) > 0}
 
 
+class _Job:
+    __slots__ = ("fn", "future", "loop", "abandoned")
+
+    def __init__(self, fn, future, loop) -> None:
+        self.fn, self.future, self.loop, self.abandoned = fn, future, loop, False
+
+
 class ModelWorkers:
     """The replicas of one model, their threads and their wait queue.
 
-    ``await submit(fn)`` runs ``fn(estimator)`` on a free replica's thread and returns its result. A replica is given
-    back when its thread finishes, not when the awaiting request gives up (a timed-out call keeps its replica until
-    the network returns, so no replica ever serves two requests at once).
+    ``await submit(fn)`` runs ``fn(estimator)`` on a replica's thread and returns its result (or raises its
+    exception). A job whose caller gave up (a timeout) before it started is skipped; one that started runs to its
+    end and holds its thread meanwhile (Python cannot stop a running network call), and counts in ``depth`` until
+    then.
     """
 
     def __init__(self, name: str, estimators: Sequence, queue_size: int) -> None:
@@ -39,53 +50,61 @@ class ModelWorkers:
         self.name = name
         self.estimators = list(estimators)
         self.queue_size = int(queue_size)
-        self.executor = ThreadPoolExecutor(len(self.estimators), thread_name_prefix=f"posekit-{name}")
-        self._free: asyncio.Queue | None = None
-        self.waiting = 0  # requests waiting for a replica
-        self.running = 0  # requests on a replica
+        self.depth = 0  # jobs queued or running (changed on the event loop only)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, args=(est,), name=f"posekit-{name}-{i}", daemon=True)
+                         for i, est in enumerate(self.estimators)]
+        for t in self._threads:
+            t.start()
 
     @property
-    def depth(self) -> int:
-        """Requests waiting or running."""
-        return self.waiting + self.running
+    def capacity(self) -> int:
+        return len(self.estimators) + self.queue_size
 
-    def _queue(self) -> asyncio.Queue:
-        if self._free is None:  # created in the running loop
-            self._free = asyncio.Queue()
-            for est in self.estimators:
-                self._free.put_nowait(est)
-        return self._free
+    def _serve(self, est) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.abandoned:
+                result, error = None, None
+            else:
+                try:
+                    result, error = job.fn(est), None
+                except BaseException as e:  # noqa: BLE001 - handed to the awaiting request
+                    result, error = None, e
+            job.loop.call_soon_threadsafe(self._finish, job, result, error)
+
+    def _finish(self, job: _Job, result, error) -> None:
+        self.depth -= 1
+        if job.future.done():  # the caller gave up (timeout, client gone)
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
     async def submit(self, fn: Callable):
-        free = self._queue()
-        if free.empty() and self.waiting >= self.queue_size:
-            raise QueueFull(f"model {self.name!r} is busy: {self.running} request(s) running and {self.waiting} "
+        if self.depth >= self.capacity:
+            running = min(self.depth, len(self.estimators))
+            raise QueueFull(f"model {self.name!r} is busy: {running} request(s) running and {self.depth - running} "
                             f"waiting (--queue-size {self.queue_size})")
-        self.waiting += 1
-        try:
-            est = await free.get()
-        finally:
-            self.waiting -= 1
         loop = asyncio.get_running_loop()
-        self.running += 1
-
-        def release(_):
-            loop.call_soon_threadsafe(self._release, est)
-
+        job = _Job(fn, loop.create_future(), loop)
+        self.depth += 1
+        self._jobs.put(job)
         try:
-            cf = self.executor.submit(fn, est)
-        except BaseException:
-            self._release(est)
+            return await job.future
+        except asyncio.CancelledError:
+            job.abandoned = True  # skipped if it has not started yet
             raise
-        cf.add_done_callback(release)
-        return await asyncio.wrap_future(cf)
 
-    def _release(self, est) -> None:
-        self.running -= 1
-        self._queue().put_nowait(est)
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Let the queued and running jobs finish, then stop the threads."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout)
 
 
 class RateWindow:
