@@ -186,6 +186,24 @@ def microbatch_study(args) -> None:
                 sha.append(time.perf_counter() - t)
             print(f"| {m:>2} | {k:>2} | {1e3 * min(sep):>11.1f} | {1e3 * min(sha):>9.1f} | "
                   f"{min(sep) / min(sha):>7.2f}x |")
+    # context: what else a top-down request costs per image, which batching crops does not touch
+    from posekit.data.io import read_image
+    from posekit.detectors import PersonDetector
+
+    det_weights = SHARED / "weights" / "yolox_nano_8xb8-300e_humanart-40f6f0d0.onnx"
+    det = PersonDetector(load_card("yolox-nano-human"), det_weights, args.threads)
+    img = read_image(IMAGES[0])
+    det(img)
+    t_det = min(_timed(lambda: det(img)) for _ in range(args.repeats))
+    one = rng.standard_normal((1, 3, H, W)).astype(np.float32)
+    t_one = min(_timed(lambda: net.run(one)) for _ in range(args.repeats))
+    print(f"per image: detector (yolox-nano-human, 416x416) {1e3 * t_det:.1f} ms; one crop {1e3 * t_one:.1f} ms")
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 LOAD0 = ""
