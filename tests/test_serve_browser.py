@@ -1,6 +1,6 @@
 """The browser page of ``posekit serve`` in a real headless Chromium (Debian's ``chromium``, driven by Playwright):
 it loads offline, takes an uploaded COCO image, draws as many people as the API returns in the schema's colours,
-and a screenshot is saved (``$POSEKIT_SCREENSHOT_DIR``, else the test's tmp folder).
+then streams Chromium's fake camera through ``/v1/stream`` and shows the frame rate; screenshots are saved (``$POSEKIT_SCREENSHOT_DIR``, else the test's tmp folder).
 
 Without Chromium (or Playwright) the test skips, except under CI (``CI`` or ``POSEKIT_REQUIRE_BROWSER`` set),
 where it fails: CI installs both (.ci/run)."""
@@ -54,7 +54,8 @@ def test_page_draws_the_people_the_api_returns(server, tmp_path):
     out_dir = Path(os.environ.get("POSEKIT_SCREENSHOT_DIR") or tmp_path)
     requests, errors = [], []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 640})
             page.on("request", lambda r: requests.append(r.url))
@@ -84,6 +85,17 @@ def test_page_draws_the_people_the_api_returns(server, tmp_path):
                         (k, pixel, colours)
                     checked += 1
             page.screenshot(path=str(out_dir / "serve_page.png"))
+            # live mode: Chromium's fake camera (a test pattern) streamed through /v1/stream; the page shows the
+            # frame rate it reaches
+            page.click("#webcam")
+            page.wait_for_function("() => /frames\\/s/.test(document.getElementById('fps').textContent)",
+                                   timeout=60_000)
+            page.wait_for_timeout(1500)
+            fps_text = page.inner_text("#fps")
+            live_size = page.evaluate("() => [document.getElementById('canvas').width, "
+                                      "document.getElementById('canvas').height]")
+            page.screenshot(path=str(out_dir / "serve_page_live.png"))
+            page.click("#webcam")
         finally:
             browser.close()
     assert shown == len(api["people"])
@@ -93,3 +105,5 @@ def test_page_draws_the_people_the_api_returns(server, tmp_path):
     assert all(u.startswith(server.url) for u in requests), requests  # offline: nothing from another host
     assert not errors, errors
     assert (out_dir / "serve_page.png").stat().st_size > 10_000
+    assert float(fps_text.split()[0]) > 0 and "dropped" in fps_text, fps_text
+    assert live_size != size  # the canvas took the camera's frame size
