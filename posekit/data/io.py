@@ -20,10 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "read_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS",
+           "TORCH_SUFFIXES", "is_torch_weights"]
 
 #: Extensions :func:`write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: weight file suffixes that select the PyTorch backend (a name test, here so that torch-free code can ask it).
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def is_torch_weights(path) -> bool:
+    """True for a ``.pth`` / ``.pt`` file name."""
+    return path is not None and Path(str(path)).suffix.lower() in TORCH_SUFFIXES
 
 
 class ImageReadError(ValueError):

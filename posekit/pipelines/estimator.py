@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from posekit.data.io import is_torch_weights
 from posekit.runtime.cards import ModelCard, load_card
 from posekit.runtime.download import resolve_weights
 from posekit.runtime.onnx import OnnxModel
@@ -189,9 +190,6 @@ class PoseEstimator:
         PyTorch backend (see the class docstring)."""
         if backend not in (None, "auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'onnx', 'torch' or None, got {backend!r}")
-        from posekit.models import checkpoints as ck
-        from posekit.runtime import torch_backend as tb
-
         module = None
         if not isinstance(model, (str, Path, ModelCard)):
             import torch
@@ -200,12 +198,15 @@ class PoseEstimator:
                 raise ValueError(f"model must be a card name, a card .yaml path, a ModelCard or a PyTorch posekit "
                                  f"model, got {type(model).__name__}")
             module = model
-        torch_weights = ck.is_torch_weights(weights)
+        torch_weights = is_torch_weights(weights)
         if backend == "onnx" and (module is not None or torch_weights):
             what = f"weights {weights}" if torch_weights else "a PyTorch model"
             raise ValueError(f"backend='onnx' cannot run {what}; use backend='torch' or an .onnx file")
         if module is None and not torch_weights and backend != "torch":
-            return load_card(model), None, None
+            return load_card(model), None, None  # the ONNX path: torch is never imported
+        from posekit.models import checkpoints as ck
+        from posekit.runtime import torch_backend as tb
+
         if module is not None:
             if weights is not None:
                 raise ValueError("weights= is for card names; load the weights into the PyTorch model yourself "
