@@ -1,7 +1,9 @@
-"""COCO / CrowdPose keypoint AP and AR, computed by pycocotools or xtcocotools (not re-implemented here).
+"""COCO / CrowdPose keypoint AP and AR: posekit's array evaluator (default) or pycocotools / xtcocotools.
 
 :func:`evaluate_coco_keypoints` prepares the inputs (validation, custom sigmas, ``use_area``, image subsets, empty
-results), runs ``COCOeval`` with its printing captured, and returns the named stats.
+results), runs the evaluator (``backend="fast"``: :mod:`posekit.evaluation.fast`, the same numbers as pycocotools,
+or xtcocotools for CrowdPose, several times faster; ``"pycocotools"`` / ``"xtcocotools"``: ``COCOeval`` itself, the
+reference, with its printing captured), and returns the named stats.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from posekit.data.io import read_json
+from posekit.evaluation.fast import BOX_AREA_FACTOR
 from posekit.evaluation.results import load_results, validate_results
 
 __all__ = [
@@ -27,15 +30,15 @@ __all__ = [
     "evaluate_coco_keypoints",
     "load_coco_dataset",
     "BOX_AREA_FACTOR",
+    "BACKENDS",
 ]
 
+#: Evaluators: posekit's array evaluator (default) and the two references.
+BACKENDS = ("fast", "pycocotools", "xtcocotools")
 #: Stat names, in pycocotools' ``COCOeval.stats`` order (iouType='keypoints').
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 #: Stat names of xtcocotools' 'keypoints_crowd' mode (CrowdPose), in its ``stats`` order.
 CROWDPOSE_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP(E)", "AP(M)", "AP(H)")
-#: With ``use_area=False`` the OKS scale (and the area used for the medium/large split) is ``bbox w * h * 0.53``,
-#: as xtcocotools does (0.53: the mean ratio of segmentation area to box area of COCO people).
-BOX_AREA_FACTOR = 0.53
 
 
 class EvalStats(dict):
@@ -131,7 +134,7 @@ def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, bac
             a["iscrowd"] = 0
         if "num_keypoints" not in a:
             a["num_keypoints"] = int(np.count_nonzero(np.asarray(a["keypoints"][2::3]) > 0))
-        if not use_area and backend == "pycocotools":
+        if not use_area and backend in ("pycocotools", "fast"):
             # xtcocotools' use_area=False, reproduced for pycocotools: box area times 0.53.
             a["area"] = float(a["bbox"][2]) * float(a["bbox"][3]) * BOX_AREA_FACTOR
         elif use_area and "area" not in a:
@@ -197,7 +200,12 @@ def evaluate_coco_keypoints(
             ground-truth box ``w * h * 0.53`` (xtcocotools' ``use_area=False``; for pycocotools a copy of the
             ground truth with that ``area`` is evaluated, which is identical). The medium/large split uses the
             same area.
-        backend: ``"pycocotools"`` or ``"xtcocotools"``; None: pycocotools for COCO, xtcocotools for CrowdPose.
+        backend: ``"fast"`` (the default, also for None): posekit's array evaluator
+            (:mod:`posekit.evaluation.fast`), which gives pycocotools' numbers (xtcocotools' for CrowdPose);
+            ``"pycocotools"`` or ``"xtcocotools"``: the reference evaluators themselves. Input the array evaluator
+            does not take (a ground truth of the keypoint category without ``area``, ``bbox`` on some results only)
+            is evaluated by the reference (pycocotools for COCO, xtcocotools for CrowdPose; ``.backend`` says
+            which ran).
         dataset: ``"coco"`` (stats :data:`COCO_STAT_NAMES`) or ``"crowdpose"`` (xtcocotools
             ``iouType='keypoints_crowd'``, stats :data:`CROWDPOSE_STAT_NAMES`; every image needs ``crowdIndex``).
         image_ids: evaluate only these images (results on other images are dropped).
@@ -210,11 +218,12 @@ def evaluate_coco_keypoints(
     if dataset not in ("coco", "crowdpose"):
         raise ValueError(f"dataset must be 'coco' or 'crowdpose', got {dataset!r}")
     if backend is None:
-        backend = "xtcocotools" if dataset == "crowdpose" else "pycocotools"
-    if backend not in ("pycocotools", "xtcocotools"):
-        raise ValueError(f"backend must be 'pycocotools' or 'xtcocotools', got {backend!r}")
-    if dataset == "crowdpose" and backend != "xtcocotools":
-        raise ValueError("dataset='crowdpose' needs backend='xtcocotools' (pycocotools has no CrowdPose mode)")
+        backend = "fast"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if dataset == "crowdpose" and backend == "pycocotools":
+        raise ValueError("dataset='crowdpose' needs backend='fast' or 'xtcocotools' (pycocotools has no CrowdPose "
+                         "mode)")
     names = CROWDPOSE_STAT_NAMES if dataset == "crowdpose" else COCO_STAT_NAMES
 
     data, source = load_coco_dataset(gt)
@@ -256,6 +265,22 @@ def evaluate_coco_keypoints(
     res = [dict(r) for r in res]  # loadRes adds id/area/bbox to the entries it is given
 
     gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids)
+    if backend == "fast":
+        from posekit.evaluation.fast import Unsupported, evaluate_keypoints_fast
+
+        try:
+            stats, log = evaluate_keypoints_fast(gt_data, res, s, protocol=dataset, use_area=use_area,
+                                                 image_ids=image_ids)
+        except Unsupported as e:  # outside what the array evaluator takes: the reference evaluates it
+            backend = "xtcocotools" if dataset == "crowdpose" else "pycocotools"
+            gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids)
+            note = f"posekit fast evaluator: {e}; evaluated by {backend}\n"
+        else:
+            if verbose:
+                print(log, end="")
+            return EvalStats(dict(zip(names, stats)), log=log, backend="fast", dataset=dataset)
+    else:
+        note = ""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if backend == "pycocotools":
@@ -294,7 +319,7 @@ def evaluate_coco_keypoints(
                 ev.evaluate()
                 ev.accumulate()
                 ev.summarize()
-    log = buf.getvalue()
+    log = note + buf.getvalue()
     if verbose:
         print(log, end="")
     stats = [float(v) for v in ev.stats]

@@ -1,0 +1,122 @@
+"""COCO keypoint evaluation speed: posekit's fast backend vs pycocotools on a val2017-sized set, same stats.
+
+The set: the 538 real val2017 images of ``../shared/data/annotations`` (2,213 annotations: crowd regions, people
+without keypoints, every size) tiled to 5,000 images with fresh image and annotation ids (about 20,500 ground
+truths, as val2017's 20,498 person annotations... up to the tiling), and results made from the ground truth:
+size-scaled keypoint noise, dropped keypoints, missed people, false positives, varied scores (a different draw
+for every copy). Times are alternated (fast, pycocotools, fast, pycocotools, ...) so that the ratio holds on a
+busy machine; each run includes everything ``evaluate_coco_keypoints`` does (validation, index, evaluation,
+accumulation, summary). ``--cli`` also times the ``posekit evaluate`` command in fresh processes (import included).
+
+    python bench/evaluation.py [--images 5000] [--repeats 3] [--cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VAL = SHARED / "data" / "annotations" / "coco-val2017-538images-person_keypoints.json"
+
+
+def noisy_results(anns, rng, k: int = 17) -> list[dict]:
+    """Results from ground-truth annotations: size-scaled noise, dropped keypoints, misses, false positives."""
+    out = []
+    for a in anns:
+        if a["iscrowd"] or a["num_keypoints"] == 0 or rng.random() < 0.1:
+            continue
+        kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
+        x, y, w, h = a["bbox"]
+        level = rng.uniform(0.005, 0.1)
+        pred = kp.copy()
+        pred[kp[:, 2] == 0, :2] = [x + w / 2, y + h / 2]
+        pred[:, :2] += rng.normal(0, level * np.sqrt(max(a["area"], 1.0)), (k, 2))
+        pred[:, 2] = rng.uniform(0.1, 1.0, k)
+        pred[rng.random(k) < 0.1] = 0.0
+        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": pred.ravel().tolist(),
+                    "score": float(np.clip(1 - 4 * level + rng.normal(0, 0.1), 0.01, 1))})
+        if rng.random() < 0.2:
+            fp = pred.copy()
+            fp[:, 0] += rng.choice([-1, 1]) * rng.uniform(50, 200)
+            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.ravel().tolist(),
+                        "score": float(rng.uniform(0.01, 0.5))})
+    return out
+
+
+def val_sized_set(n_images: int = 5000, seed: int = 0) -> tuple[dict, list[dict]]:
+    """``(ground truth dict, results list)``: the shared 538 val images tiled to ``n_images`` images."""
+    base = json.loads(VAL.read_text())
+    rng = np.random.default_rng(seed)
+    by_image: dict[int, list[dict]] = {}
+    for a in base["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    images, anns = [], []
+    next_ann = 1
+    for i in range(n_images):
+        src = base["images"][i % len(base["images"])]
+        new_id = i + 1
+        images.append(dict(src, id=new_id))
+        for a in by_image.get(src["id"], []):
+            anns.append(dict(a, id=next_ann, image_id=new_id))
+            next_ann += 1
+    gt = {"images": images, "annotations": anns, "categories": base["categories"]}
+    return gt, noisy_results(anns, rng)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cli", action="store_true", help="also time `posekit evaluate` in fresh processes")
+    args = ap.parse_args()
+    from posekit.evaluation.coco import evaluate_coco_keypoints
+
+    gt, res = val_sized_set(args.images)
+    n_gt = sum(1 for a in gt["annotations"])
+    n_people = sum(1 for a in gt["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"])
+    print(f"set: {len(gt['images'])} images, {n_gt} ground truths ({n_people} people with keypoints), "
+          f"{len(res)} results; load: {os.getloadavg()[0]:.2f}")
+    times: dict[str, list[float]] = {"fast": [], "pycocotools": []}
+    stats = {}
+    for _ in range(args.repeats):
+        for backend in times:
+            t0 = time.perf_counter()
+            stats[backend] = evaluate_coco_keypoints(gt, res, backend=backend)
+            times[backend].append(time.perf_counter() - t0)
+    diff = max(abs(stats["fast"][k] - stats["pycocotools"][k]) for k in stats["fast"])
+    print(f"stats: AP {stats['fast']['AP']:.4f}, max |fast - pycocotools| over the 10 stats = {diff:.3g}")
+    fast, ref = float(np.median(times["fast"])), float(np.median(times["pycocotools"]))
+    print(f"library   fast {fast:7.2f} s   pycocotools {ref:7.2f} s   speed-up {ref / fast:5.2f}x "
+          f"(median of {args.repeats}, alternated)")
+    if args.cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            gt_path, res_path = Path(tmp) / "gt.json", Path(tmp) / "res.json"
+            gt_path.write_text(json.dumps(gt))
+            res_path.write_text(json.dumps(res))
+            env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            cli: dict[str, list[float]] = {"fast": [], "pycocotools": []}
+            for _ in range(args.repeats):
+                for backend in cli:
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, "-m", "posekit.cli", "evaluate", "--annotations", str(gt_path),
+                                    "--results", str(res_path), "--quiet", "--backend", backend],
+                                   check=True, env=env, capture_output=True)
+                    cli[backend].append(time.perf_counter() - t0)
+            f, r = float(np.median(cli["fast"])), float(np.median(cli["pycocotools"]))
+            print(f"command   fast {f:7.2f} s   pycocotools {r:7.2f} s   speed-up {r / f:5.2f}x "
+                  f"(`posekit evaluate`, fresh processes)")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
