@@ -213,14 +213,28 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def read_json(path: str | os.PathLike, what: str = "json file"):
-    """Parse a json file; a missing file or invalid json raises an error naming ``what`` and the path."""
+    """Parse a json file; a missing file or invalid json raises an error naming ``what`` and the path.
+
+    orjson parses it when installed (about twice as fast on large annotation and results files, same values); what
+    orjson refuses (``NaN`` literals, integers beyond 64 bits) goes to the standard library's parser, whose error
+    (or result) is the one returned."""
     import json
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is in the evaluation extra
+        orjson = None
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e

@@ -110,8 +110,11 @@ def _resolve_sigmas(sigmas, cats: list[dict], dataset: str, k: int) -> np.ndarra
 
 
 def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, backend: str, k: int,
-                image_ids: list[int] | None) -> dict:
-    """A copy of the annotation dict ready for the backend (the caller's dict is never modified)."""
+                image_ids: list[int] | None, dataset: str = "coco") -> dict:
+    """A copy of the annotation dict ready for the backend (the caller's dict is never modified). pycocotools and
+    xtcocotools write into the annotations they evaluate, so they get copies of all; the fast backend only reads,
+    so it gets copies of those that change (a missing ``iscrowd`` / ``num_keypoints``, the box area)."""
+    copy_all = backend != "fast"
     images = list(data["images"])
     anns = list(data["annotations"])
     if image_ids is not None:
@@ -121,7 +124,7 @@ def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, bac
     out_anns = []
     for i, a in enumerate(anns):
         if a.get("category_id") not in kp_cat_ids:
-            out_anns.append(dict(a))
+            out_anns.append(dict(a) if copy_all else a)
             continue
         where = f"{source}: annotation {a.get('id', f'#{i}')}"
         for key in ("id", "image_id", "keypoints", "bbox"):
@@ -129,12 +132,14 @@ def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, bac
                 raise ValueError(f"{where}: missing field '{key}'")
         if len(a["keypoints"]) != 3 * k:
             raise ValueError(f"{where}: field 'keypoints' has {len(a['keypoints'])} numbers, expected {3 * k}")
-        a = dict(a)
+        box_area = not use_area and (backend == "pycocotools" or (backend == "fast" and dataset == "coco"))
+        if copy_all or box_area or "iscrowd" not in a or "num_keypoints" not in a:
+            a = dict(a)
         if "iscrowd" not in a:
             a["iscrowd"] = 0
         if "num_keypoints" not in a:
             a["num_keypoints"] = int(np.count_nonzero(np.asarray(a["keypoints"][2::3]) > 0))
-        if not use_area and backend in ("pycocotools", "fast"):
+        if box_area:
             # xtcocotools' use_area=False, reproduced for pycocotools: box area times 0.53.
             a["area"] = float(a["bbox"][2]) * float(a["bbox"][3]) * BOX_AREA_FACTOR
         elif use_area and "area" not in a:
@@ -262,9 +267,7 @@ def evaluate_coco_keypoints(
         msg = "no results to evaluate: every stat is 0"
         warnings.warn(msg, stacklevel=2)
         return _zero_stats(names, msg + "\n", backend, dataset)
-    res = [dict(r) for r in res]  # loadRes adds id/area/bbox to the entries it is given
-
-    gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids)
+    gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids, dataset)
     if backend == "fast":
         from posekit.evaluation.fast import Unsupported, evaluate_keypoints_fast
 
@@ -273,7 +276,7 @@ def evaluate_coco_keypoints(
                                                  image_ids=image_ids)
         except Unsupported as e:  # outside what the array evaluator takes: the reference evaluates it
             backend = "xtcocotools" if dataset == "crowdpose" else "pycocotools"
-            gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids)
+            gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids, dataset)
             note = f"posekit fast evaluator: {e}; evaluated by {backend}\n"
         else:
             if verbose:
@@ -281,6 +284,7 @@ def evaluate_coco_keypoints(
             return EvalStats(dict(zip(names, stats)), log=log, backend="fast", dataset=dataset)
     else:
         note = ""
+    res = [dict(r) for r in res]  # loadRes adds id/area/bbox to the entries it is given
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if backend == "pycocotools":

@@ -101,29 +101,36 @@ def _oks_pairs(dk: np.ndarray, gk: np.ndarray, gi: np.ndarray, gbox: np.ndarray,
     g_k1 = g_vis.sum(1)
     # the labelled keypoints first, in order (per ground truth; all K where none is labelled)
     g_order = np.argsort(~g_vis & (g_k1 > 0)[:, None], axis=1, kind="stable")
-    xd, yd = dk[:, :, 0], dk[:, :, 1]
     k1 = g_k1[gi]
-    dx = xd - gk[gi, :, 0]
-    dy = yd - gk[gi, :, 1]
+    dx = dk[:, :, 0] - np.take(np.ascontiguousarray(gk[:, :, 0]), gi, axis=0)
+    dy = dk[:, :, 1] - np.take(np.ascontiguousarray(gk[:, :, 1]), gi, axis=0)
     nolab = k1 == 0
     if nolab.any():  # distance to the ground-truth box doubled on every side
         bb = gbox[gi[nolab]]
         x0, x1 = (bb[:, 0] - bb[:, 2])[:, None], (bb[:, 0] + bb[:, 2] * 2)[:, None]
         y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
-        z = np.zeros_like(xd[nolab])
-        xs, ys = xd[nolab], yd[nolab]
+        xs, ys = dk[nolab, :, 0], dk[nolab, :, 1]
+        z = np.zeros_like(xs)
         dx[nolab] = np.maximum(z, x0 - xs) + np.maximum(z, xs - x1)
         dy[nolab] = np.maximum(z, y0 - ys) + np.maximum(z, ys - y1)
-    e = (dx ** 2 + dy ** 2) / vars_ / (garea[gi][:, None] + _EPS) / 2
-    ex = np.exp(-e)
+    # e = (dx ** 2 + dy ** 2) / vars / (area + eps) / 2, in place, in pycocotools' order; then exp(-e)
+    e = np.square(dx, out=dx)
+    e += np.square(dy, out=dy)
+    e /= vars_
+    e /= (garea[gi] + _EPS)[:, None]
+    e /= 2
+    ex = np.exp(np.negative(e, out=e), out=e)
     # pycocotools sums the labelled keypoints' terms as one 1-D array of k1 values (numpy's pairwise sum depends on
     # the length): move them to the front, in order, and sum each length group as rows of that length.
     n = np.where(nolab, k, k1)
-    ex = ex[np.arange(p)[:, None], g_order[gi]]
+    part = np.flatnonzero(n < k)
+    if part.size:
+        idx = (part * k)[:, None] + np.take(g_order, gi[part], axis=0)
+        ex[part] = np.take(ex.reshape(-1), idx)
     oks = np.empty(p)
     for m in np.unique(n).tolist():
         rows = np.flatnonzero(n == m)
-        oks[rows] = np.ascontiguousarray(ex[rows, :m]).sum(axis=1) / m
+        oks[rows] = (ex[rows, :m] if m < k else ex[rows]).sum(axis=1) / m
     return oks
 
 
