@@ -20,7 +20,7 @@ import numpy as np
 import posekit, posekit.evaluation, posekit.pipelines, posekit.runtime, posekit.viz, posekit.data
 import posekit.evaluation.coco, posekit.evaluation.results, posekit.runtime.cards, posekit.runtime.onnx
 import posekit.pipelines.estimator, posekit.pipelines.tracking, posekit.pipelines.topdown
-import posekit.pipelines.onestage, posekit.pipelines.bottomup, posekit.detectors
+import posekit.pipelines.onestage, posekit.pipelines.bottomup, posekit.pipelines.video, posekit.detectors
 assert "torch" not in sys.modules, "import"
 
 from posekit.data import read_image
