@@ -57,26 +57,34 @@ def test_pipelined_gives_the_sequential_people_and_track_ids(tfpose, tmp_path):
     assert _video_threads() == []
 
 
-def test_slow_consumer_keeps_frames_in_flight_bounded(tmp_path):
+@pytest.mark.parametrize("split", [False, True])
+def test_slow_consumer_keeps_frames_in_flight_bounded(tmp_path, split):
     frames = [np.full((48, 64, 3), 10 * k, np.uint8) for k in range(25)]
     clip = clip_from_images(frames, tmp_path / "c.avi", size=(64, 48), hold=2, pan=0)  # 50 frames
     calls = []
-    runner = VideoRunner(lambda frame: calls.append(int(frame[0, 0, 0])) or [], queue_size=2)
-    assert runner.max_in_flight == 7
+
+    def model(frame):
+        calls.append(int(frame[0, 0, 0]))
+        return []
+
+    stages = (model, lambda frame, people: people) if split else None
+    runner = VideoRunner(model, queue_size=2, split=stages)
+    # queues of 2 after the reader and after each stage, one frame in each thread and one in the consumer
+    assert runner.max_in_flight == (10 if split else 7)
     it = runner.run(str(clip))
     first = next(it)
-    # the consumer holds frame 0 and takes nothing more: the reader and the model stop at the bound
+    # the consumer holds frame 0 and takes nothing more: every stage stops at the bound
     deadline = time.monotonic() + 20
     while runner.frames_read < runner.max_in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # room to overrun the bound, were it not enforced
-    assert runner.frames_read == runner.max_in_flight  # 2 + 2 queued, one in each thread, one in the consumer
-    assert len(calls) <= runner.queue_size + 2
+    assert runner.frames_read == runner.max_in_flight
+    assert len(calls) <= runner.max_in_flight - runner.queue_size - 1  # the reader's queue and frame not run
     rest = []
     for item in it:  # a slow writer
         time.sleep(0.002)
         rest.append(item)
-    assert [i for i, _, _ in [first] + rest] == list(range(50))
+    assert [i for i, _, _ in [first] + rest] == list(range(50)) and len(calls) == 50
     assert runner.frames_read == runner.frames_done == 50 and runner.peak_in_flight == runner.max_in_flight
     assert _video_threads() == []
 

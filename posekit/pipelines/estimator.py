@@ -298,5 +298,30 @@ class PoseEstimator:
         from posekit.pipelines.tracking import GreedyTracker
 
         tracker = tracker or GreedyTracker(self.card.schema)
-        runner = VideoRunner(self, tracker=tracker, timer=self.timer, pipelined=pipelined, queue_size=queue_size)
+        runner = VideoRunner(self, tracker=tracker, timer=self.timer, pipelined=pipelined, queue_size=queue_size,
+                             split=self.video_stages())
         return runner.run(source, max_frames=max_frames)
+
+    def video_stages(self) -> tuple[Callable, Callable] | None:
+        """``(network, decoding)`` with ``decoding(image, network(image))`` equal to ``self(image)``, for the video
+        runner to run in two threads: bottom-up (maps, then grouping) and one-stage (outputs, then NMS and
+        back-mapping) cards; None for top-down ones (detector and pose network in one stage)."""
+        pipe = self.pipeline
+        if self._bottomup:
+            nhwc = pipe.input_layout == "NHWC"
+
+            def decoding(image, state):
+                maps, size = state
+                with self.timer.stage("grouping"):
+                    return pipe.from_maps(maps if nhwc else maps.transpose(2, 0, 1),
+                                          (image.shape[1], image.shape[0]), size)
+
+            return pipe.network_maps, decoding
+        if self.card.kind == "rtmo" and hasattr(pipe, "network"):
+
+            def post(image, state):
+                with self.timer.stage("postprocess"):
+                    return pipe.postprocess(state[0], state[1], image.shape)
+
+            return pipe.network, post
+        return None

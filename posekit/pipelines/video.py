@@ -4,18 +4,20 @@
     for i, frame, people in runner.run("clip.mp4"):      # frame order kept, track ids as the sequential loop
         writer.write(draw_people(frame, people))        # the consumer's work overlaps the next frames' model
 
-Three stages, each in its own thread, joined by bounded queues:
+Stages, each in its own thread, joined by bounded queues (``queue_size`` items each):
 
-    reader thread ──(frames, ≤ queue_size)──► model thread ──(people, ≤ queue_size)──► consumer (the caller)
-    cv2.VideoCapture.read                      estimator(frame), tracker.update        drawing, encoding, results
+    reader ──► network ──► decoding + tracker ──► consumer (the caller)
+    cv2 read    preprocess,   grouping / NMS,         drawing, encoding, results
+                onnxruntime   tracker.update
 
-One reader and one model thread keep the frame order, and the tracker sees the frames in order in the model thread,
-so people and track ids are those of the sequential loop (``pipelined=False``). OpenCV's decoding and encoding and
-onnxruntime release the GIL, so the stages run on separate cores. The queues are bounded: a consumer slower than
-the model blocks the model thread, which blocks the reader, so at most :attr:`VideoRunner.max_in_flight` frames are
-ever held (``2 * queue_size + 3``: both queues full, one frame in each thread), however slow the consumer is. An
-exception in the reader or the model is raised in the consumer at the frame where it happened; a consumer that stops
-early (``break``, an exception) stops and joins the threads and releases the capture.
+(for models without a ``split`` the network and decoding are one stage). One thread per stage keeps the frame
+order, and the tracker sees the frames in order in the last stage, so people and track ids are those of the
+sequential loop (``pipelined=False``). OpenCV's decoding and encoding and onnxruntime release the GIL, so the network
+of frame ``i + 1`` runs on one core while frame ``i`` is decoded (grouping), drawn and encoded on another. The queues
+are bounded: a consumer slower than the model blocks the last stage, which blocks the one before, back to the reader,
+so at most :attr:`VideoRunner.max_in_flight` frames are ever held, however slow the consumer is. An exception in a
+stage is raised in the consumer at the frame where it happened; a consumer that stops early (``break``, an
+exception) stops and joins the threads and releases the capture.
 """
 
 from __future__ import annotations
@@ -69,15 +71,19 @@ class VideoRunner:
         timer: a :class:`~posekit.pipelines.estimator.StageTimer` whose ``"decode"`` stage gets the reading time
             (default: ``model.timer`` when it has one).
         pipelined: False runs the sequential loop (read, model, track, yield) in the caller's thread.
-        queue_size: frames each queue holds (>= 1).
+        queue_size: items each queue between two stages holds (>= 1).
+        split: ``(network, decoding)`` with ``decoding(frame, network(frame)) == model(frame)``: the pipelined
+            runner then runs them in two threads (the network of frame ``i + 1`` overlaps the decoding of frame
+            ``i``; ``PoseEstimator.video_stages()`` gives them for bottom-up and one-stage cards).
 
     Attributes (for tests and benchmarks): ``frames_read``, ``frames_done`` (handed to the consumer, which then asked
     for the next one), ``peak_in_flight`` (the most frames ever read and not yet done: in the queues, in the threads
-    and in the consumer's hands) and ``max_in_flight`` (its bound).
+    and in the consumer's hands) and ``max_in_flight`` (its bound: a full queue and one frame in every thread and in
+    the consumer).
     """
 
     def __init__(self, model: Callable, tracker=None, timer=None, pipelined: bool = True,
-                 queue_size: int = 4) -> None:
+                 queue_size: int = 4, split: tuple[Callable, Callable] | None = None) -> None:
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.model = model
@@ -85,7 +91,13 @@ class VideoRunner:
         self.timer = timer if timer is not None else getattr(model, "timer", None)
         self.pipelined = bool(pipelined)
         self.queue_size = int(queue_size)
-        self.max_in_flight = 2 * self.queue_size + 3 if self.pipelined else 1
+        if split is None:
+            self.stages: list[Callable] = [lambda frame, _: self.model(frame)]
+        else:
+            first, second = split
+            self.stages = [lambda frame, _: first(frame), second]
+        n = len(self.stages)  # worker threads; queues: one after the reader and after each worker
+        self.max_in_flight = (n + 1) * self.queue_size + n + 2 if self.pipelined else 1
         self._reset()
 
     def _reset(self) -> None:
@@ -109,9 +121,12 @@ class VideoRunner:
         with self.timer.stage("decode"):
             return cap.read()
 
-    def _people(self, frame: np.ndarray):
-        people = self.model(frame)
-        return self.tracker.update(people) if self.tracker is not None else people
+    def _apply(self, k: int, frame: np.ndarray, state):
+        """Stage ``k`` on a frame; the last one ends with the tracker (so it sees the frames in order)."""
+        out = self.stages[k](frame, state)
+        if k == len(self.stages) - 1 and self.tracker is not None:
+            out = self.tracker.update(out)
+        return out
 
     # ------------------------------------------------------------------------------------------------ running
     def run(self, source: str | int | Path, max_frames: int | None = None
@@ -132,16 +147,17 @@ class VideoRunner:
                 if not ok:
                     break
                 self._count_read()
-                people = self._people(frame)
+                state = None
+                for k in range(len(self.stages)):
+                    state = self._apply(k, frame, state)
+                yield i, frame, state
                 self._count_done()
-                yield i, frame, people
                 i += 1
         finally:
             cap.release()
 
     def _pipelined(self, cap, max_frames):
-        frames: queue.Queue = queue.Queue(maxsize=self.queue_size)
-        results: queue.Queue = queue.Queue(maxsize=self.queue_size)
+        queues = [queue.Queue(maxsize=self.queue_size) for _ in range(len(self.stages) + 1)]
         stop = threading.Event()
 
         def put(q: queue.Queue, item) -> bool:
@@ -164,38 +180,40 @@ class VideoRunner:
                     if not ok:
                         break
                     self._count_read()
-                    if not put(frames, (i, frame)):
+                    if not put(queues[0], (i, frame, None)):
                         return
                     i += 1
-                put(frames, _END)
+                put(queues[0], _END)
             except BaseException as e:  # noqa: BLE001 - carried to the consumer
-                put(frames, _Failed(e))
+                put(queues[0], _Failed(e))
 
-        def worker() -> None:
+        def worker(k: int) -> None:
+            src, dst = queues[k], queues[k + 1]
             while not stop.is_set():
                 try:
-                    item = frames.get(timeout=0.05)
+                    item = src.get(timeout=0.05)
                 except queue.Empty:
                     continue
                 if item is _END or isinstance(item, _Failed):
-                    put(results, item)
+                    put(dst, item)
                     return
-                i, frame = item
+                i, frame, state = item
                 try:
-                    people = self._people(frame)
+                    state = self._apply(k, frame, state)
                 except BaseException as e:  # noqa: BLE001 - carried to the consumer
-                    put(results, _Failed(e))
+                    put(dst, _Failed(e))
                     return
-                if not put(results, (i, frame, people)):
+                if not put(dst, (i, frame, state)):
                     return
 
-        threads = [threading.Thread(target=reader, name="posekit-video-reader", daemon=True),
-                   threading.Thread(target=worker, name="posekit-video-model", daemon=True)]
+        threads = [threading.Thread(target=reader, name="posekit-video-reader", daemon=True)]
+        threads += [threading.Thread(target=worker, args=(k,), name=f"posekit-video-stage{k}", daemon=True)
+                    for k in range(len(self.stages))]
         for t in threads:
             t.start()
         try:
             while True:
-                item = results.get()
+                item = queues[-1].get()
                 if item is _END:
                     return
                 if isinstance(item, _Failed):
