@@ -253,8 +253,8 @@ class _Prepared:
         gin = (gpos < img_ids.size) & (img_ids[np.minimum(gpos, img_ids.size - 1)] == self.g_img)
         gsel = np.flatnonzero(gin)
         gcat = np.array([cat_pos[c] for c in self.g_cat[gsel].tolist()], np.int64)
-        gsel = gsel[np.lexsort((gsel, gpos[gsel], gcat))]
-        gcat = np.array([cat_pos[c] for c in self.g_cat[gsel].tolist()], np.int64)
+        order = np.lexsort((gsel, gpos[gsel], gcat))
+        gsel, gcat = gsel[order], gcat[order]
         ggrp = gcat * img_ids.size + gpos[gsel]
         g_ig_a = self.g_ignore[gsel][:, None] | (self.g_range_area[gsel][:, None] < lo) | (
             self.g_range_area[gsel][:, None] > hi)  # (G, A)
