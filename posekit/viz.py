@@ -18,7 +18,7 @@ import numpy as np
 from posekit.schema import COCO17, KeypointSchema, get_schema
 from posekit.structures import Person
 
-__all__ = ["draw_people", "draw_ground_truth", "make_grid", "write_image", "VideoWriter", "id_color"]
+__all__ = ["draw_people", "draw_ground_truth", "make_grid", "write_image", "VideoWriter", "id_color", "clip_from_images"]
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _ONE = 1 << _SHIFT
@@ -417,3 +417,31 @@ class VideoWriter:
             self.abort()
         else:
             self.close()
+
+
+def clip_from_images(images, path, size: tuple[int, int] = (640, 480), hold: int = 2, pan: int = 4,
+                     fps: float = 10.0) -> Path:
+    """Write a video made of still images (a test / benchmark clip with a varying number of people).
+
+    Each image (an ``HxWx3`` array or a path) is fitted into ``size = (w, h)`` (aspect kept, grey borders) and held
+    for ``hold`` frames, shifted right by ``pan`` pixels more on every frame of the hold, so people move a little
+    and a tracker can follow them. Written with :class:`VideoWriter` (MJPG for ``.avi``: exact enough to decode
+    to the same frames every time); returns the path.
+    """
+    from posekit.data.io import read_image
+
+    w, h = int(size[0]), int(size[1])
+    with VideoWriter(path, fps=fps, size=(w, h)) as vw:
+        for item in images:
+            img = read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+            s = min(w / img.shape[1], h / img.shape[0])
+            rw, rh = max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))
+            base = np.full((h, w, 3), 114, np.uint8)
+            y0, x0 = (h - rh) // 2, (w - rw) // 2
+            base[y0:y0 + rh, x0:x0 + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA)
+            for t in range(hold):
+                dx = min(pan * t, w - 1)
+                frame = np.full_like(base, 114)
+                frame[:, dx:] = base[:, :w - dx]
+                vw.write(frame)
+    return Path(path)

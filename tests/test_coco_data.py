@@ -459,9 +459,11 @@ def test_transform_rng_is_reproducible_per_seed_epoch_index():
 
     import torch.utils.data
 
-    assert isinstance(ds, torch.utils.data.Dataset)
+    # a plain map-style dataset: DataLoader, Subset and ConcatDataset take it as they take a torch Dataset
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False)
     assert [int(s["ann_ids"][0]) for s in loader] == [int(ds[i]["ann_ids"][0]) for i in range(len(ds))]
+    both = torch.utils.data.ConcatDataset([ds, torch.utils.data.Subset(ds, [1, 0])])
+    assert len(both) == len(ds) + 2 and int(both[len(ds)]["ann_ids"][0]) == int(ds[1]["ann_ids"][0])
 
 
 def test_bad_constructor_arguments_are_named():

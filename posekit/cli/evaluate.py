@@ -7,6 +7,9 @@ Two modes:
   images first (``--detector`` / ``--boxes gt|DETS.json`` pick the person boxes of top-down models), optionally
   writing the results (``--out-json``), then evaluate them.
 
+``--backend`` picks the evaluator: ``fast`` (default; the numbers of pycocotools, or of xtcocotools for CrowdPose)
+or the references ``pycocotools`` / ``xtcocotools``.
+
 Output: the evaluator's own summary, then a table of the named stats, and as the LAST line exactly one JSON object
 of the stats (``--quiet``: only that line).
 """
@@ -20,7 +23,7 @@ import json
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
-        help="COCO/CrowdPose keypoint AP/AR of a results json (pycocotools or xtcocotools)",
+        help="COCO/CrowdPose keypoint AP/AR of a results json (pycocotools' numbers, fast; or the references)",
         description="Evaluate COCO keypoint results against COCO-format annotations. The last output line is one "
         "JSON object with the named stats.",
     )
@@ -39,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="OKS scale from the ground-truth box (w*h*0.53, as xtcocotools' use_area=False) instead of 'area'",
     )
     p.add_argument(
-        "--backend", choices=("pycocotools", "xtcocotools"), default=None,
-        help="evaluator (default: pycocotools for coco, xtcocotools for crowdpose)",
+        "--backend", choices=("fast", "pycocotools", "xtcocotools"), default="fast",
+        help="evaluator: 'fast' (default: posekit's array evaluator, pycocotools' numbers for coco and xtcocotools' "
+        "for crowdpose) or a reference, 'pycocotools' / 'xtcocotools' (crowdpose: xtcocotools only)",
     )
     p.add_argument("--dataset", choices=("coco", "crowdpose"), default="coco", help="stat set (default: coco)")
     p.add_argument("--quiet", action="store_true", help="print only the JSON line")

@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument("--flip-test", action="store_true", help="top-down flip test")
     p.add_argument("--max-frames", type=int, help="stop a video / webcam after this many frames")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="videos / webcams: decode, run the model and draw/encode one frame after another (default: "
+                   "the three overlap in threads with bounded queues; same frames, people and track ids)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first source that cannot be read (exit status 1, no results written)")
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         writer = VideoWriter(out_dir / f"{name}.mp4", fps=fps if fps > 0 else 25.0) if out_dir else None
         try:
             bar = tqdm(total=total, desc=name, disable=args.no_progress, file=sys.stderr)
-            for _, frame, people in est.video(src, tracker=GreedyTracker(schema), max_frames=args.max_frames):
+            for _, frame, people in est.video(src, tracker=GreedyTracker(schema), max_frames=args.max_frames,
+                                              pipelined=not args.no_pipeline):
                 n_people += len(people)
                 image_id, next_id = next_id, next_id + 1
                 results.extend(p.to_coco(image_id, category_id) for p in people)

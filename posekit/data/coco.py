@@ -32,11 +32,6 @@ import numpy as np
 from posekit.data.io import read_image, read_json
 from posekit.schema import KeypointSchema, get_schema
 
-try:  # a real torch Dataset when torch is there; the class works the same without it
-    from torch.utils.data import Dataset as _DatasetBase
-except ImportError:  # pragma: no cover - torch is a dependency, but keep the data layer importable without it
-    _DatasetBase = object  # type: ignore[assignment,misc]
-
 __all__ = [
     "AnnotationIssue",
     "AnnotationError",
@@ -608,8 +603,12 @@ def load_coco_keypoints(
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
-class CocoPoseDataset(_DatasetBase):
+class CocoPoseDataset:
     """Samples from a COCO keypoint file, for top-down or bottom-up training and evaluation.
+
+    A plain map-style dataset (``__len__`` + ``__getitem__``), which is all ``torch.utils.data.DataLoader``,
+    ``Subset`` and ``ConcatDataset`` need; it does not subclass ``torch.utils.data.Dataset`` so that the data
+    layer (and evaluation, cards, ONNX pipelines, drawing above it) imports without torch.
 
     Args:
         ann_file, image_dir: the json and the folder its ``file_name`` entries are relative to.

@@ -1,7 +1,9 @@
-"""COCO / CrowdPose keypoint AP and AR, computed by pycocotools or xtcocotools (not re-implemented here).
+"""COCO / CrowdPose keypoint AP and AR: posekit's array evaluator (default) or pycocotools / xtcocotools.
 
 :func:`evaluate_coco_keypoints` prepares the inputs (validation, custom sigmas, ``use_area``, image subsets, empty
-results), runs ``COCOeval`` with its printing captured, and returns the named stats.
+results), runs the evaluator (``backend="fast"``: :mod:`posekit.evaluation.fast`, the same numbers as pycocotools,
+or xtcocotools for CrowdPose, several times faster; ``"pycocotools"`` / ``"xtcocotools"``: ``COCOeval`` itself, the
+reference, with its printing captured), and returns the named stats.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from posekit.data.io import read_json
+from posekit.evaluation.fast import BOX_AREA_FACTOR
 from posekit.evaluation.results import load_results, validate_results
 
 __all__ = [
@@ -27,15 +30,15 @@ __all__ = [
     "evaluate_coco_keypoints",
     "load_coco_dataset",
     "BOX_AREA_FACTOR",
+    "BACKENDS",
 ]
 
+#: Evaluators: posekit's array evaluator (default) and the two references.
+BACKENDS = ("fast", "pycocotools", "xtcocotools")
 #: Stat names, in pycocotools' ``COCOeval.stats`` order (iouType='keypoints').
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 #: Stat names of xtcocotools' 'keypoints_crowd' mode (CrowdPose), in its ``stats`` order.
 CROWDPOSE_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP(E)", "AP(M)", "AP(H)")
-#: With ``use_area=False`` the OKS scale (and the area used for the medium/large split) is ``bbox w * h * 0.53``,
-#: as xtcocotools does (0.53: the mean ratio of segmentation area to box area of COCO people).
-BOX_AREA_FACTOR = 0.53
 
 
 class EvalStats(dict):
@@ -53,11 +56,56 @@ class EvalStats(dict):
         self.dataset = dataset
 
 
+#: the annotation fields keypoint evaluation reads (the others, segmentation polygons above all, are skipped when the
+#: file is parsed for evaluation).
+_EVAL_FIELDS = ("id", "image_id", "category_id", "keypoints", "bbox", "area", "iscrowd", "num_keypoints")
+
+
+def _read_keypoint_annotations(path: Path) -> dict:
+    """An annotation file as a dict of its images, categories and annotations, these with :data:`_EVAL_FIELDS` only.
+
+    msgspec decodes it against that layout, skipping the other fields without building them (COCO's segmentation
+    polygons are most of a val2017 file: about 3x faster than parsing it whole); a file that does not fit the layout
+    (not an object, no 'annotations' list, ...) or a machine without msgspec goes through ``read_json``, whose
+    result (and the checks of :func:`load_coco_dataset`) then names the problem."""
+    try:
+        import msgspec
+    except ImportError:  # pragma: no cover - msgspec is a dependency
+        return read_json(path, "annotation file")
+    if not path.is_file():
+        return read_json(path, "annotation file")  # its clear 'not found' error
+    decoder = _annotation_decoder(msgspec)
+    try:
+        doc = decoder.decode(path.read_bytes())
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return read_json(path, "annotation file")
+    unset = msgspec.UNSET
+    out = {"images": doc.images, "categories": doc.categories}
+    out["annotations"] = [{f: v for f in _EVAL_FIELDS if (v := getattr(a, f)) is not unset}
+                          for a in doc.annotations]
+    return out
+
+
+def _annotation_decoder(msgspec):
+    global _DECODER
+    if _DECODER is None:
+        from typing import Any
+
+        fields = [(f, Any, msgspec.UNSET) for f in _EVAL_FIELDS]
+        ann = msgspec.defstruct("_EvalAnnotation", fields)
+        doc = msgspec.defstruct("_EvalFile", [("images", list), ("annotations", list[ann]), ("categories", list)])
+        _DECODER = msgspec.json.Decoder(doc)
+    return _DECODER
+
+
+_DECODER = None
+
+
 def load_coco_dataset(gt) -> tuple[dict, str]:
     """The COCO annotation dict and a name for messages, from a path, a dict or a pycocotools/xtcocotools ``COCO``."""
     if isinstance(gt, (str, os.PathLike)):
         path = Path(gt)
-        data = read_json(path, "annotation file")
+        data = _read_keypoint_annotations(path)
         source = str(path)
     elif isinstance(gt, Mapping):
         data, source = gt, "<annotations dict>"
@@ -107,8 +155,11 @@ def _resolve_sigmas(sigmas, cats: list[dict], dataset: str, k: int) -> np.ndarra
 
 
 def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, backend: str, k: int,
-                image_ids: list[int] | None) -> dict:
-    """A copy of the annotation dict ready for the backend (the caller's dict is never modified)."""
+                image_ids: list[int] | None, dataset: str = "coco") -> dict:
+    """A copy of the annotation dict ready for the backend (the caller's dict is never modified). pycocotools and
+    xtcocotools write into the annotations they evaluate, so they get copies of all; the fast backend only reads,
+    so it gets copies of those that change (a missing ``iscrowd`` / ``num_keypoints``, the box area)."""
+    copy_all = backend != "fast"
     images = list(data["images"])
     anns = list(data["annotations"])
     if image_ids is not None:
@@ -118,7 +169,7 @@ def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, bac
     out_anns = []
     for i, a in enumerate(anns):
         if a.get("category_id") not in kp_cat_ids:
-            out_anns.append(dict(a))
+            out_anns.append(dict(a) if copy_all else a)
             continue
         where = f"{source}: annotation {a.get('id', f'#{i}')}"
         for key in ("id", "image_id", "keypoints", "bbox"):
@@ -126,12 +177,14 @@ def _prepare_gt(data: Mapping, source: str, kp_cat_ids: set, use_area: bool, bac
                 raise ValueError(f"{where}: missing field '{key}'")
         if len(a["keypoints"]) != 3 * k:
             raise ValueError(f"{where}: field 'keypoints' has {len(a['keypoints'])} numbers, expected {3 * k}")
-        a = dict(a)
+        box_area = not use_area and (backend == "pycocotools" or (backend == "fast" and dataset == "coco"))
+        if copy_all or box_area or "iscrowd" not in a or "num_keypoints" not in a:
+            a = dict(a)
         if "iscrowd" not in a:
             a["iscrowd"] = 0
         if "num_keypoints" not in a:
             a["num_keypoints"] = int(np.count_nonzero(np.asarray(a["keypoints"][2::3]) > 0))
-        if not use_area and backend == "pycocotools":
+        if box_area:
             # xtcocotools' use_area=False, reproduced for pycocotools: box area times 0.53.
             a["area"] = float(a["bbox"][2]) * float(a["bbox"][3]) * BOX_AREA_FACTOR
         elif use_area and "area" not in a:
@@ -197,7 +250,12 @@ def evaluate_coco_keypoints(
             ground-truth box ``w * h * 0.53`` (xtcocotools' ``use_area=False``; for pycocotools a copy of the
             ground truth with that ``area`` is evaluated, which is identical). The medium/large split uses the
             same area.
-        backend: ``"pycocotools"`` or ``"xtcocotools"``; None: pycocotools for COCO, xtcocotools for CrowdPose.
+        backend: ``"fast"`` (the default, also for None): posekit's array evaluator
+            (:mod:`posekit.evaluation.fast`), which gives pycocotools' numbers (xtcocotools' for CrowdPose);
+            ``"pycocotools"`` or ``"xtcocotools"``: the reference evaluators themselves. Input the array evaluator
+            does not take (a ground truth of the keypoint category without ``area``, ``bbox`` on some results only)
+            is evaluated by the reference (pycocotools for COCO, xtcocotools for CrowdPose; ``.backend`` says
+            which ran).
         dataset: ``"coco"`` (stats :data:`COCO_STAT_NAMES`) or ``"crowdpose"`` (xtcocotools
             ``iouType='keypoints_crowd'``, stats :data:`CROWDPOSE_STAT_NAMES`; every image needs ``crowdIndex``).
         image_ids: evaluate only these images (results on other images are dropped).
@@ -210,11 +268,12 @@ def evaluate_coco_keypoints(
     if dataset not in ("coco", "crowdpose"):
         raise ValueError(f"dataset must be 'coco' or 'crowdpose', got {dataset!r}")
     if backend is None:
-        backend = "xtcocotools" if dataset == "crowdpose" else "pycocotools"
-    if backend not in ("pycocotools", "xtcocotools"):
-        raise ValueError(f"backend must be 'pycocotools' or 'xtcocotools', got {backend!r}")
-    if dataset == "crowdpose" and backend != "xtcocotools":
-        raise ValueError("dataset='crowdpose' needs backend='xtcocotools' (pycocotools has no CrowdPose mode)")
+        backend = "fast"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if dataset == "crowdpose" and backend == "pycocotools":
+        raise ValueError("dataset='crowdpose' needs backend='fast' or 'xtcocotools' (pycocotools has no CrowdPose "
+                         "mode)")
     names = CROWDPOSE_STAT_NAMES if dataset == "crowdpose" else COCO_STAT_NAMES
 
     data, source = load_coco_dataset(gt)
@@ -253,9 +312,24 @@ def evaluate_coco_keypoints(
         msg = "no results to evaluate: every stat is 0"
         warnings.warn(msg, stacklevel=2)
         return _zero_stats(names, msg + "\n", backend, dataset)
-    res = [dict(r) for r in res]  # loadRes adds id/area/bbox to the entries it is given
+    gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids, dataset)
+    if backend == "fast":
+        from posekit.evaluation.fast import Unsupported, evaluate_keypoints_fast
 
-    gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids)
+        try:
+            stats, log = evaluate_keypoints_fast(gt_data, res, s, protocol=dataset, use_area=use_area,
+                                                 image_ids=image_ids)
+        except Unsupported as e:  # outside what the array evaluator takes: the reference evaluates it
+            backend = "xtcocotools" if dataset == "crowdpose" else "pycocotools"
+            gt_data = _prepare_gt(data, source, kp_cat_ids, use_area, backend, k, image_ids, dataset)
+            note = f"posekit fast evaluator: {e}; evaluated by {backend}\n"
+        else:
+            if verbose:
+                print(log, end="")
+            return EvalStats(dict(zip(names, stats)), log=log, backend="fast", dataset=dataset)
+    else:
+        note = ""
+    res = [dict(r) for r in res]  # loadRes adds id/area/bbox to the entries it is given
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if backend == "pycocotools":
@@ -294,7 +368,7 @@ def evaluate_coco_keypoints(
                 ev.evaluate()
                 ev.accumulate()
                 ev.summarize()
-    log = buf.getvalue()
+    log = note + buf.getvalue()
     if verbose:
         print(log, end="")
     stats = [float(v) for v in ev.stats]

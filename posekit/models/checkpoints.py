@@ -24,19 +24,14 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from posekit.data.io import TORCH_SUFFIXES, is_torch_weights  # torch-free, so the ONNX path can ask too
+
 __all__ = ["TORCH_SUFFIXES", "is_torch_weights", "read_checkpoint", "training_parts", "check_openpose_model",
            "model_family", "preset_family", "load_preset", "load_openpose_checkpoint", "load_rtmo_checkpoint",
            "trained_overrides", "checkpoint_settings"]
 
-#: weight file suffixes that select the PyTorch backend.
-TORCH_SUFFIXES = (".pth", ".pt")
-
 _OPENPOSE_ATTRS = ("codec", "num_pafs", "num_heatmaps", "mean", "std", "stride", "schema")
 
-
-def is_torch_weights(path) -> bool:
-    """True for a ``.pth`` / ``.pt`` file name."""
-    return path is not None and Path(str(path)).suffix.lower() in TORCH_SUFFIXES
 
 
 def read_checkpoint(path: str | Path) -> Any:

@@ -17,8 +17,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from posekit.data.io import is_torch_weights
 from posekit.runtime.cards import ModelCard, load_card
 from posekit.runtime.download import resolve_weights
+from posekit.pipelines.video import VideoRunner, open_video
 from posekit.runtime.onnx import OnnxModel
 from posekit.structures import Person
 
@@ -61,26 +63,6 @@ class StageTimer:
         for n, r in rows.items():
             lines.append(f"{n:<12} {r['count']:>6d} {r['mean_ms']:>9.2f} {r['total_ms']:>10.1f}")
         return "\n".join(lines)
-
-
-def open_video(source: str | int | Path):
-    """``cv2.VideoCapture`` for a file path or a webcam index (``0`` or ``"0"``); raises a clear error when it
-    cannot be opened."""
-    import cv2
-
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
-        cap = cv2.VideoCapture(int(source))
-        what = f"webcam {int(source)}"
-    else:
-        p = Path(source)
-        if not p.exists():
-            raise FileNotFoundError(f"video not found: {p}")
-        cap = cv2.VideoCapture(str(p))
-        what = f"video {p}"
-    if not cap.isOpened():
-        cap.release()
-        raise RuntimeError(f"cannot open {what} (not a readable video / no such camera)")
-    return cap
 
 
 class PoseEstimator:
@@ -189,9 +171,6 @@ class PoseEstimator:
         PyTorch backend (see the class docstring)."""
         if backend not in (None, "auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'onnx', 'torch' or None, got {backend!r}")
-        from posekit.models import checkpoints as ck
-        from posekit.runtime import torch_backend as tb
-
         module = None
         if not isinstance(model, (str, Path, ModelCard)):
             import torch
@@ -200,12 +179,15 @@ class PoseEstimator:
                 raise ValueError(f"model must be a card name, a card .yaml path, a ModelCard or a PyTorch posekit "
                                  f"model, got {type(model).__name__}")
             module = model
-        torch_weights = ck.is_torch_weights(weights)
+        torch_weights = is_torch_weights(weights)
         if backend == "onnx" and (module is not None or torch_weights):
             what = f"weights {weights}" if torch_weights else "a PyTorch model"
             raise ValueError(f"backend='onnx' cannot run {what}; use backend='torch' or an .onnx file")
         if module is None and not torch_weights and backend != "torch":
-            return load_card(model), None, None
+            return load_card(model), None, None  # the ONNX path: torch is never imported
+        from posekit.models import checkpoints as ck
+        from posekit.runtime import torch_backend as tb
+
         if module is not None:
             if weights is not None:
                 raise ValueError("weights= is for card names; load the weights into the PyTorch model yourself "
@@ -305,23 +287,41 @@ class PoseEstimator:
             return self.pipeline(image, boxes=np.asarray(boxes, np.float32).reshape(-1, 4))
         return self.pipeline(image)
 
-    def video(self, source: str | int | Path, tracker=None, max_frames: int | None = None
-              ) -> Iterator[tuple[int, np.ndarray, list[Person]]]:
+    def video(self, source: str | int | Path, tracker=None, max_frames: int | None = None, pipelined: bool = True,
+              queue_size: int = 4) -> Iterator[tuple[int, np.ndarray, list[Person]]]:
         """Yield ``(frame_index, frame, people)`` for a video file or webcam index; people carry ``track_id`` from
-        ``tracker`` (default: a fresh :class:`~posekit.pipelines.tracking.GreedyTracker` on the card's schema)."""
+        ``tracker`` (default: a fresh :class:`~posekit.pipelines.tracking.GreedyTracker` on the card's schema).
+
+        Decoding and the model run in their own threads, ahead of the caller by at most ``queue_size`` frames per
+        queue (:class:`~posekit.pipelines.video.VideoRunner`), so the caller's drawing and encoding overlap them;
+        frames, people and track ids are those of the sequential loop (``pipelined=False``)."""
         from posekit.pipelines.tracking import GreedyTracker
 
         tracker = tracker or GreedyTracker(self.card.schema)
-        cap = open_video(source)
-        try:
-            i = 0
-            while max_frames is None or i < max_frames:
-                with self.timer.stage("decode"):
-                    ok, frame = cap.read()
-                if not ok:
-                    break
-                people = tracker.update(self(frame))
-                yield i, frame, people
-                i += 1
-        finally:
-            cap.release()
+        runner = VideoRunner(self, tracker=tracker, timer=self.timer, pipelined=pipelined, queue_size=queue_size,
+                             split=self.video_stages())
+        return runner.run(source, max_frames=max_frames)
+
+    def video_stages(self) -> tuple[Callable, Callable] | None:
+        """``(network, decoding)`` with ``decoding(image, network(image))`` equal to ``self(image)``, for the video
+        runner to run in two threads: bottom-up (maps, then grouping) and one-stage (outputs, then NMS and
+        back-mapping) cards; None for top-down ones (detector and pose network in one stage)."""
+        pipe = self.pipeline
+        if self._bottomup:
+            nhwc = pipe.input_layout == "NHWC"
+
+            def decoding(image, state):
+                maps, size = state
+                with self.timer.stage("grouping"):
+                    return pipe.from_maps(maps if nhwc else maps.transpose(2, 0, 1),
+                                          (image.shape[1], image.shape[0]), size)
+
+            return pipe.network_maps, decoding
+        if self.card.kind == "rtmo" and hasattr(pipe, "network"):
+
+            def post(image, state):
+                with self.timer.stage("postprocess"):
+                    return pipe.postprocess(state[0], state[1], image.shape)
+
+            return pipe.network, post
+        return None

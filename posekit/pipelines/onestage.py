@@ -76,11 +76,15 @@ class OneStagePipeline:
         kpts[..., :2] = apply_affine(kpts[..., :2], invert_affine(M))
         return [Person(keypoints=k, box=b, score=float(d[4])) for k, b, d in zip(kpts, boxes, dets)]
 
-    def __call__(self, image: np.ndarray) -> list[Person]:
+    def network(self, image: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Preprocessing and the network: ``(outputs, M)`` for :meth:`postprocess`."""
         with self._stage("preprocess"):
             batch, M = prepare_image(image, self.card)
         with self._stage("network"):
-            out = self.model.run(batch, self.card.output_names)
+            return self.model.run(batch, self.card.output_names), M
+
+    def __call__(self, image: np.ndarray) -> list[Person]:
+        out, M = self.network(image)
         with self._stage("postprocess"):
             return self.postprocess(out, M, image.shape)
 
