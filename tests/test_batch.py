@@ -147,3 +147,46 @@ def test_text_io_local_and_uri(tmp_path):
         P.write_text(path, "one\ntwo\n")
         assert P.read_text(path) == "one\ntwo\n"
     assert not [p for p in (tmp_path / "local").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_object_store_sources_read_like_files(folder):
+    """Images under a URI prefix (file:// here; s3:// and gs:// take the same pyarrow.fs path) are listed like a
+    folder and decoded by the read task with read_image's checks and reasons."""
+    pytest.importorskip("pyarrow")
+    from posekit.batch.engine import decode_unit
+    from posekit.data.io import read_image
+
+    src = folder / "src"
+    (src / "cut.jpg").write_bytes((src / "a.jpg").read_bytes()[:-40])
+    items = P.assign_ids(P.list_source(0, src.as_uri()) + P.list_source(1, (folder / "nope").as_uri())
+                         + P.list_source(2, (src / "c.avi").as_uri()))
+    names = [(it.kind, it.path.rsplit("/", 1)[-1], it.image_id) for it in items]
+    assert names == [("image", "a.jpg", 1), ("image", "b.png", 2), ("image", "cut.jpg", 3),
+                     ("error", "nope", None), ("error", "c.avi", None)]
+    assert items[0].path.startswith("file://") and "only images" in items[4].error
+    entries = [[it.image_id, it.path, None] for it in items[:3]] + [[4, (folder / "gone.jpg").as_uri(), None]]
+    unit = P.Unit(0, "images", entries, key="k")
+    row = decode_unit({"unit": unit.to_json()})
+    errors = json.loads(row["errors"])
+    assert errors[:2] == [None, None] and "truncated" in errors[2] and errors[3] == "file not found"
+    a, b = read_image(src / "a.jpg"), read_image(src / "b.png")
+    assert row["shapes"].tolist() == [list(a.shape), list(b.shape), [0, 0, 0], [0, 0, 0]]
+    np.testing.assert_array_equal(row["pixels"], np.concatenate([a.reshape(-1), b.reshape(-1)]))
+
+
+def test_decode_unit_reads_video_ranges_exactly(folder):
+    """A frame range is reached by grabbing from the start: frames 3..5 equal the 4th..6th frames read in order;
+    frames past the end carry the reason."""
+    import cv2
+
+    path = str(folder / "src" / "c.avi")
+    cap = cv2.VideoCapture(path)
+    frames = [cap.read()[1] for _ in range(7)]
+    cap.release()
+    from posekit.batch.engine import decode_unit
+
+    unit = P.Unit(0, "video", [[10 + f, path, f] for f in range(5, 9)], key="k")
+    row = decode_unit({"unit": unit.to_json()})
+    errors = json.loads(row["errors"])
+    assert errors[:2] == [None, None] and errors[2] == errors[3] == "the video ends at frame 7 (its header says more)"
+    np.testing.assert_array_equal(row["pixels"], np.concatenate([frames[5].reshape(-1), frames[6].reshape(-1)]))

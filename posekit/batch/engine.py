@@ -122,7 +122,7 @@ def decode_unit(row: dict) -> dict:
     is exact where seeking in a compressed stream is not."""
     import cv2
 
-    from posekit.data.io import ImageReadError, read_image
+    from posekit.data.io import ImageReadError
 
     t0 = time.perf_counter()
     unit = P.Unit.from_json(row["unit"])
@@ -131,7 +131,7 @@ def decode_unit(row: dict) -> dict:
     if unit.kind == "images":
         for _, path, _ in unit.entries:
             try:
-                images.append(read_image(path))
+                images.append(P.read_image_any(path))
                 errors.append(None)
             except ImageReadError as e:
                 images.append(None)

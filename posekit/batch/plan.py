@@ -105,6 +105,8 @@ def list_source(index: int, source: str, image_dir: str | None = None, max_frame
             return Item("error", str(path), (index, pos), error=str(e))
         return Item("video", str(path), (index, pos), frames=min(n, max_frames) if max_frames else n)
 
+    if "://" in source:
+        return _list_uri(index, source)
     if source.isdigit():
         return [Item("error", source, (index, 0), error="a webcam cannot be read by a batch run (use posekit predict "
                                                         "without --engine)")]
@@ -129,6 +131,51 @@ def list_source(index: int, source: str, image_dir: str | None = None, max_frame
     if p.suffix.lower() in VIDEO_EXTS:
         return [video(p, 0)]
     return [Item("image", str(p), (index, 0))]
+
+
+def _list_uri(index: int, source: str) -> list[Item]:
+    """An image object, or the images under a prefix (one level, sorted), of an object store (``s3://``,
+    ``gs://``, ``file://``, ... through ``pyarrow.fs``). Videos are read from local paths only."""
+    import pyarrow.fs as pafs
+
+    scheme = source.split("://", 1)[0]
+    try:
+        fs, path = pafs.FileSystem.from_uri(source)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            found = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File
+                           and Path(i.path).suffix.lower() in IMAGE_EXTS)
+            if not found:
+                return [Item("error", source, (index, 0), error=f"no images under {source}")]
+            return [Item("image", f"{scheme}://{f}", (index, i)) for i, f in enumerate(found)]
+    except (OSError, ValueError) as e:
+        return [Item("error", source, (index, 0), error=f"{type(e).__name__}: {e}")]
+    if info.type == pafs.FileType.NotFound:
+        return [Item("error", source, (index, 0), error=f"source not found: {source}")]
+    if Path(path).suffix.lower() not in IMAGE_EXTS:
+        return [Item("error", source, (index, 0), error="only images are read from object storage (videos and "
+                                                        "annotation files from local paths)")]
+    return [Item("image", source, (index, 0))]
+
+
+def read_image_any(path: str):
+    """``read_image`` for a local path, or the object at a URI read through ``pyarrow.fs`` and decoded with the same
+    checks (:class:`~posekit.data.io.ImageReadError` with the reason)."""
+    from posekit.data.io import ImageReadError, decode_image, read_image
+
+    if "://" not in path:
+        return read_image(path)
+    import pyarrow.fs as pafs
+
+    try:
+        fs, key = pafs.FileSystem.from_uri(path)
+        with fs.open_input_stream(key) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as e:
+        raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
+    return decode_image(raw, path)
 
 
 def assign_ids(items: list[Item], ids_by_name: dict[str, int] | None = None) -> list[Item]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "read_image", "decode_image", "write_image", "write_bytes_atomic", "is_truncated", "IMAGE_EXTENSIONS"]
 
 #: Extensions :func:`write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,8 +99,6 @@ def read_image(path: str | os.PathLike, exif_orientation: bool = False) -> np.nd
         ImageReadError: naming the path, when the file is missing, is not a file, cannot be read, is empty,
             is truncated or cannot be decoded.
     """
-    import cv2
-
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, "file not found")
@@ -110,6 +108,17 @@ def read_image(path: str | os.PathLike, exif_orientation: bool = False) -> np.nd
         raw = np.fromfile(str(p), dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(p, f"{type(e).__name__}: {e}") from e
+    return decode_image(raw, p, exif_orientation)
+
+
+def decode_image(raw: bytes | np.ndarray, name: str | os.PathLike = "<bytes>", exif_orientation: bool = False
+                 ) -> np.ndarray:
+    """:func:`read_image` on bytes already read (e.g. from object storage): the same checks and conversions;
+    :class:`ImageReadError` names ``name``."""
+    import cv2
+
+    p = name
+    raw = np.frombuffer(raw, np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
     if raw.size == 0:
         raise ImageReadError(p, "empty file")
     if is_truncated(raw.tobytes()):
