@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ class BatchConfig:
         model, weights, detector, detector_weights, flip_test: the ``PoseEstimator`` of every actor.
         address: None (a local Ray instance with this machine's CPUs, or the one this process already joined),
             ``auto`` or ``ray://host:10001`` (an existing cluster).
-        actors, cpus_per_actor, gpus_per_actor: the actor pool; onnxruntime gets ``max(1, int(cpus_per_actor))``
+        actors, cpus_per_actor, gpus_per_actor: the actor pool (``actors`` None: as many as the cluster's CPUs, or
+            GPUs with ``gpus_per_actor``, hold); onnxruntime gets ``max(1, int(cpus_per_actor))``
             threads, and the CUDA execution provider when ``gpus_per_actor > 0``.
         reader_cpus: CPUs each read/decode task reserves (0: it shares the actors' CPUs; decoding is a few % of
             the time per image).
@@ -56,7 +57,7 @@ class BatchConfig:
     detector_weights: str | None = None
     flip_test: bool = False
     address: str | None = None
-    actors: int = 1
+    actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     reader_cpus: float = 0.0
@@ -303,11 +304,15 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
 
     from posekit.evaluation.results import save_results
 
-    if cfg.actors < 1 or cfg.cpus_per_actor <= 0 or cfg.gpus_per_actor < 0:
+    if (cfg.actors is not None and cfg.actors < 1) or cfg.cpus_per_actor <= 0 or cfg.gpus_per_actor < 0:
         raise ValueError(f"--actors must be >= 1 and --cpus-per-actor > 0, --gpus-per-actor >= 0; got "
                          f"{cfg.actors}, {cfg.cpus_per_actor}, {cfg.gpus_per_actor}")
     t_start = time.perf_counter()
     ray = _init_ray(cfg.address)
+    if cfg.actors is None:
+        res = ray.cluster_resources()
+        fit = res.get("GPU", 0) / cfg.gpus_per_actor if cfg.gpus_per_actor else res.get("CPU", 1) / cfg.cpus_per_actor
+        cfg = replace(cfg, actors=max(1, int(fit)))
     shard_dir = cfg.shard_dir or f"{cfg.out_json}.shards"
     if "://" not in shard_dir:
         Path(shard_dir).mkdir(parents=True, exist_ok=True)
@@ -334,7 +339,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     if todo:
         ds = ray.data.from_items([{"unit": u.to_json()} for u in todo], override_num_blocks=len(todo))
         ds = ds.map(decode_unit, num_cpus=cfg.reader_cpus,
-                    compute=ray.data.TaskPoolStrategy(size=max(2, 2 * cfg.actors)))
+                    compute=ray.data.TaskPoolStrategy(size=2 * cfg.actors))
         ds = ds.map_batches(PoseActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
                             fn_constructor_args=(asdict(cfg), shard_dir, P.settings_digest(cfg.settings())))

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(needs --out-json; pip install 'posekit[ray]')")
     g.add_argument("--address", help="join a Ray cluster: 'auto' or ray://HEAD:10001 (default: a local instance "
                                      "with this machine's CPUs)")
-    g.add_argument("--actors", type=int, default=1, help="actors in the pool, one PoseEstimator each (1)")
+    g.add_argument("--actors", type=int, help="actors in the pool, one PoseEstimator each (default: as many as "
+                                               "the cluster's CPUs / --cpus-per-actor, or GPUs / --gpus-per-actor)")
     g.add_argument("--cpus-per-actor", type=float, default=1.0,
                    help="CPUs per actor; onnxruntime gets that many threads (1)")
     g.add_argument("--gpus-per-actor", type=float, default=0.0,

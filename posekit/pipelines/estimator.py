@@ -189,9 +189,6 @@ class PoseEstimator:
         PyTorch backend (see the class docstring)."""
         if backend not in (None, "auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'onnx', 'torch' or None, got {backend!r}")
-        from posekit.models import checkpoints as ck
-        from posekit.runtime import torch_backend as tb
-
         module = None
         if not isinstance(model, (str, Path, ModelCard)):
             import torch
@@ -200,12 +197,16 @@ class PoseEstimator:
                 raise ValueError(f"model must be a card name, a card .yaml path, a ModelCard or a PyTorch posekit "
                                  f"model, got {type(model).__name__}")
             module = model
-        torch_weights = ck.is_torch_weights(weights)
+        # ck.is_torch_weights's rule, here so that the ONNX path does not import PyTorch (seconds per process)
+        torch_weights = weights is not None and Path(str(weights)).suffix.lower() in (".pth", ".pt")
         if backend == "onnx" and (module is not None or torch_weights):
             what = f"weights {weights}" if torch_weights else "a PyTorch model"
             raise ValueError(f"backend='onnx' cannot run {what}; use backend='torch' or an .onnx file")
         if module is None and not torch_weights and backend != "torch":
             return load_card(model), None, None
+        from posekit.models import checkpoints as ck
+        from posekit.runtime import torch_backend as tb
+
         if module is not None:
             if weights is not None:
                 raise ValueError("weights= is for card names; load the weights into the PyTorch model yourself "
