@@ -5,10 +5,12 @@ MobileNetV2 card (``tfpose-mnv2``, ``--height`` input height), onnxruntime with 
 alternate (in-process, Ray x1, Ray x2, in-process, ...) for ``--rounds`` rounds on one local Ray instance
 (``--ray-cpus`` CPUs), so the load of the machine hits them alike; the medians are printed with the ratios.
 
-Printed per configuration: images/s end to end (from the call to the merged json, Ray's listing and actor start
-included) and after start-up (the images after the first unit over the time after it); the Ray overhead per
-image (Ray's after-start-up time per image per actor minus the in-process time per image); and where the time
-goes (Ray's start, listing, the actors' start + first unit, and the actors' network / grouping time).
+Printed per configuration: images/s end to end (from the call to the merged json: Ray's start, the listing and the
+actors' start included) and while running (the images over the time from the first ready actor to the last unit;
+in-process: the loop over the images); the Ray overhead per image (one actor's wall time per image while running
+minus the in-process time per image); and where the time goes (fixed costs: Ray's start, listing + plan, the actors'
+start, the merge; per image: decoding in the read tasks, the network and the grouping in the actors, and the rest
+of an actor's time: unpacking, the shard's write).
 
     python bench/ray_scale.py [--repeat 4] [--rounds 2] [--height 368]
 """
@@ -65,9 +67,8 @@ def on_ray(sources, card, weights, actors, out: Path, images_per_unit):
     s = run_batch(BatchConfig(sources=sources, out_json=str(out / "r.json"), model=card, weights=weights,
                               actors=actors, cpus_per_actor=1, images_per_unit=images_per_unit, progress=False))
     e2e = time.perf_counter() - t0
-    first = s.stages["first_unit_ms"] / 1e3
-    return {"images": s.images, "people": s.people, "e2e_s": e2e, "steady_s": s.seconds - first,
-            "steady_images": s.processed - images_per_unit, "stages": s.stages}
+    return {"images": s.images, "people": s.people, "e2e_s": e2e, "steady_s": s.stages["pipeline_ms"] / 1e3,
+            "steady_images": s.processed, "actors": actors, "stages": s.stages}
 
 
 def main() -> None:
@@ -107,24 +108,38 @@ def main() -> None:
     n = runs["in-process"][0]["images"]
     print(f"\n{n} images, {runs['in-process'][0]['people']} people, tf-pose MobileNetV2 at height {args.height}, "
           f"1 onnxruntime thread per process/actor, medians of {args.rounds} rounds\n")
-    print("| run | images/s end to end | images/s after start-up | vs in-process (after start-up) |")
+    print("| run | images/s end to end | images/s while running | vs in-process (while running) |")
     print("|---|---|---|---|")
     for k, vs in runs.items():
         e2e = med(vs, lambda v: v["images"] / v["e2e_s"])
         steady = med(vs, lambda v: v["steady_images"] / v["steady_s"])
         print(f"| {k} | {e2e:.2f} | {steady:.2f} | {steady / base:.2f}x |")
-    per_image = {k: med(vs, lambda v: 1e3 * v["steady_s"] / v["steady_images"]) for k, vs in runs.items()}
+    # one actor's (or the one process's) wall time per image while the pipeline runs
+    per_image = {k: med(vs, lambda v: 1e3 * v.get("actors", 1) * v["steady_s"] / v["steady_images"])
+                 for k, vs in runs.items()}
     over = per_image["ray x1"] - per_image["in-process"]
-    print(f"\nper image after start-up: in-process {per_image['in-process']:.1f} ms, Ray x1 {per_image['ray x1']:.1f} ms "
-          f"-> Ray overhead {over:.1f} ms/image ({100 * over / per_image['in-process']:.0f} %)")
-    print("\nwhere the time goes (medians, ms):")
-    keys = ["ray_init_ms", "plan_ms", "first_unit_ms", "decode", "network", "grouping", "total_wall_ms"]
-    print("| run | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
+    print(f"\nwall time per image per actor while running: in-process {per_image['in-process']:.1f} ms, "
+          f"Ray x1 {per_image['ray x1']:.1f} ms, Ray x2 {per_image['ray x2']:.1f} ms -> Ray overhead "
+          f"{over:+.1f} ms/image ({100 * over / per_image['in-process']:+.0f} %) with 1 actor")
+    print("\nwhere the time goes (medians; fixed costs in s, per image in ms):")
+    print("| run | Ray start | listing + plan | actors start | pipeline | merge + write | total "
+          "| decode/img | network/img | grouping/img | other in actor/img |")
+    print("|---|" + "---|" * 10)
     for k, vs in runs.items():
-        cells = [f"{med(vs, lambda v: v['stages'].get(key, 0.0)):.0f}" if any(key in v["stages"] for v in vs) else "-"
-                 for key in keys]
-        print(f"| {k} | " + " | ".join(cells) + " |")
+        def st(key, per_img=False):
+            if not any(key in v["stages"] for v in vs):
+                return "-"
+            return f"{med(vs, lambda v: v['stages'].get(key, 0.0) / (v['images'] if per_img else 1e3)):.1f}"
+        other = "-"
+        if "actor_busy" in vs[0]["stages"]:
+            other = f"{med(vs, lambda v: (v['stages']['actor_busy'] - v['stages']['network'] - v['stages']['grouping']) / v['images']):.1f}"
+        if k == "in-process":  # the loop over the images, and the whole call (model load included)
+            pipeline, total = f"{med(vs, lambda v: v['steady_s']):.1f}", f"{med(vs, lambda v: v['e2e_s']):.1f}"
+        else:
+            pipeline, total = st("pipeline_ms"), st("total_wall_ms")
+        print(f"| {k} | {st('ray_init_ms')} | {st('plan_ms')} | {st('actors_start_ms')} | {pipeline} | "
+              f"{st('merge_ms')} | {total} | {st('decode', True)} | {st('network', True)} | {st('grouping', True)} | "
+              f"{other} |")
     print(f"\nload after: {os.getloadavg()}")
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

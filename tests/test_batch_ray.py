@@ -123,7 +123,7 @@ def test_reference_run(case):
 def test_ray_equals_one_process_and_lists_bad_sources(ray_address, case):
     from posekit.batch import run_batch
 
-    cfg = config(case, "plain")
+    cfg = config(case, "plain", list_in_ray_from=1)  # the sources listed in Ray Data tasks
     s = run_batch(cfg)
     got = json.loads(Path(cfg.out_json).read_text())
     assert_same_results(got, case["results"])

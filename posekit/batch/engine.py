@@ -44,6 +44,8 @@ class BatchConfig:
         max_frames: frames per video at most.
         errors_json: the sources that could not be read, ``[{source, error}]``.
         progress: a bar for the images and frames done.
+        list_in_ray_from: list the sources in Ray Data tasks when there are at least this many (a Ray Data
+            execution costs seconds; a few folders are listed faster by the driver, with the same function).
         fault_exit_after: tests only: one actor (the first to claim a marker file in the shard dir) exits the
             process after this many images, in the middle of a unit.
     """
@@ -71,6 +73,7 @@ class BatchConfig:
     max_frames: int | None = None
     errors_json: str | None = None
     progress: bool = True
+    list_in_ray_from: int = 8
     fault_exit_after: int | None = None
 
     def settings(self) -> dict:
@@ -167,6 +170,7 @@ class PoseActor:
     atomically (a unit that dies half way leaves nothing; a retried one writes the same file again)."""
 
     def __init__(self, config: dict, shard_dir: str, settings: str) -> None:
+        self.created = time.time()
         from posekit.pipelines.estimator import PoseEstimator
 
         self.cfg = config
@@ -179,6 +183,7 @@ class PoseActor:
                                  flip_test=config["flip_test"])
         self.schema = self.est.card.schema
         self.done = 0
+        self.ready = time.time()  # wall clock (epoch): the driver compares it with its own
 
     def _fault_hook(self) -> None:
         n = self.cfg.get("fault_exit_after")
@@ -192,9 +197,10 @@ class PoseActor:
         os._exit(1)
 
     def __call__(self, batch: dict) -> dict:
-        out = {"unit": [], "images": [], "people": [], "errors": [], "stages": []}
+        out = {"unit": [], "images": [], "people": [], "errors": [], "stages": [], "ready": [], "end": []}
         for text, pixels, shapes, errs, decode_ms in zip(batch["unit"], batch["pixels"], batch["shapes"],
                                                          batch["errors"], batch["decode_ms"]):
+            t0 = time.perf_counter()
             unit = P.Unit.from_json(str(text))
             errs = json.loads(str(errs))
             self.est.timer.reset()
@@ -226,7 +232,10 @@ class PoseActor:
             out["errors"].append(sum(1 for r in records if "error" in r))
             stages = {k: v["total_ms"] for k, v in self.est.timer.summary().items()}
             stages["decode"] = float(decode_ms)  # in the read task
+            stages["actor_busy"] = 1e3 * (time.perf_counter() - t0)  # the unit in the actor: pipeline, shard, ...
             out["stages"].append(json.dumps(stages))
+            out["ready"].append(self.ready)
+            out["end"].append(time.time())
         return {k: np.asarray(v) for k, v in out.items()}
 
     def _draw(self, drawn) -> None:
@@ -263,15 +272,20 @@ def _init_ray(address: str | None):
 
 
 def plan_run(cfg: BatchConfig, ray) -> tuple[list[P.Unit], list[dict]]:
-    """List the sources with Ray Data (tasks), then ids and units (driver): ``(units, listing errors)``."""
+    """List the sources (Ray Data tasks, or the driver for fewer than ``list_in_ray_from``), then ids and units
+    (driver): ``(units, listing errors)``."""
     ids = None
     if cfg.annotations:
         from posekit.pipelines.coco_runner import load_coco_images
 
         _, images = load_coco_images(cfg.annotations)
         ids = {Path(im["file_name"]).name: int(im["id"]) for im in images}
-    rows = ray.data.from_items([{"index": i, "source": s} for i, s in enumerate(cfg.sources)])
-    listed = rows.flat_map(_list_row, fn_args=(cfg.image_dir, cfg.max_frames), num_cpus=0).take_all()
+    rows = [{"index": i, "source": s} for i, s in enumerate(cfg.sources)]
+    if len(rows) >= cfg.list_in_ray_from:
+        listed = ray.data.from_items(rows).flat_map(_list_row, fn_args=(cfg.image_dir, cfg.max_frames),
+                                                    num_cpus=0).take_all()
+    else:
+        listed = [r for row in rows for r in _list_row(row, cfg.image_dir, cfg.max_frames)]
     items = []
     for r in listed:
         d = json.loads(r["item"])
@@ -345,9 +359,11 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
                             fn_constructor_args=(asdict(cfg), shard_dir, P.settings_digest(cfg.settings())))
         total = sum(u.size for u in todo)
         bar = tqdm(total=total, desc="images", unit="img", disable=not cfg.progress, file=sys.stderr)
-        first = None
+        t_epoch = time.time()
+        ready, end = [], []
         for row in ds.iter_rows():
-            first = first or time.perf_counter()
+            ready.append(float(row["ready"]))
+            end.append(float(row["end"]))
             summary.processed += int(row["images"])
             bar.update(int(row["images"]) + int(row["errors"]))
             for k, v in json.loads(str(row["stages"])).items():
@@ -357,8 +373,10 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     summary.stages = stages
     stages["ray_init_ms"] = 1e3 * (t_plan - t_start)
     stages["plan_ms"] = 1e3 * (t_planned - t_plan)
-    if todo:
-        stages["first_unit_ms"] = 1e3 * (first - t_run)  # the actors' start (imports, model) + one unit
+    if todo:  # the actors' start (process, imports, model) and the time from the first ready actor to the last unit
+        stages["actors_start_ms"] = 1e3 * (min(ready) - t_epoch)
+        stages["pipeline_ms"] = 1e3 * (max(end) - min(ready))
+    t_merge = time.perf_counter()
     for u in todo:  # every unit's shard, as written (a unit that is missing now is an error of the run)
         where = P.join(shard_dir, u.key)
         text = P.read_text(where)
@@ -376,5 +394,6 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         save_results(results, cfg.out_json)
     if cfg.errors_json:
         P.write_text(cfg.errors_json, json.dumps(summary.errors, indent=1))
+    summary.stages["merge_ms"] = 1e3 * (time.perf_counter() - t_merge)
     summary.stages["total_wall_ms"] = 1e3 * (time.perf_counter() - t_start)
     return summary
