@@ -162,16 +162,20 @@ def test_killed_run_resumes_to_the_same_results(ray_address, case, capsys):
             "--images-per-unit", "2", "--frames-per-unit", "4", "--out-json", str(out / "results.json"),
             "--errors", str(out / "errors.json"), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out.mkdir(parents=True)
+    log = open(out / "killed-run.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "posekit.cli", *args, "--address", ray_address], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+                            stdout=log, stderr=log, cwd=REPO_ROOT)
     n_units = 17 + 6 + 5
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list(shard_dir.glob("*.jsonl"))) < 3:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     done = len(list(shard_dir.glob("*.jsonl")))
-    assert 3 <= done < n_units, f"{done} shards at the kill"
+    tail = (out / "killed-run.log").read_text(errors="replace")[-3000:]
+    assert 3 <= done < n_units, f"{done} shards at the kill; the killed run's log:\n{tail}"
     assert not (out / "results.json").exists()
     capsys.readouterr()
     assert main(args + ["--resume"]) == 3
