@@ -123,13 +123,15 @@ def test_reference_run(case):
 def test_ray_equals_one_process_and_lists_bad_sources(ray_address, case):
     from posekit.batch import run_batch
 
-    cfg = config(case, "plain", list_in_ray_from=1)  # the sources listed in Ray Data tasks
+    cfg = config(case, "plain", list_in_ray_from=1, out_dir=str(case["tmp"] / "plain" / "drawn"))  # listed in Ray
     s = run_batch(cfg)
     got = json.loads(Path(cfg.out_json).read_text())
     assert_same_results(got, case["results"])
     assert s.images == N_IMAGES + N_VIDEO + case["n_cut"] and s.processed == s.images and s.units_skipped == 0
     assert s.people == len(got)
     check_errors(json.loads(Path(cfg.errors_json).read_text()), case["n_cut"])
+    drawn = sorted(p.stem for p in Path(cfg.out_dir).glob("*.jpg"))  # overlays of the readable images
+    assert drawn == sorted(p.stem for s in case["sources"][:2] for p in Path(s).glob("*.jpg"))
     shards = sorted(Path(cfg.out_json + ".shards").glob("*.jsonl"))
     assert len(shards) == s.units == 9 + 4 + 4  # 33 images by 4; 24 + 20 frames by 6
 
