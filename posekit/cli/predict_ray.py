@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import ray  # noqa: F401
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("--engine ray needs Ray: pip install 'posekit[ray]' (or pip install "
-                                  "'ray[data]')") from None
+        raise RuntimeError("--engine ray needs Ray: pip install 'posekit[ray]' (or pip install 'ray[data]')") from None
     from posekit.batch import BatchConfig, run_batch
 
     cfg = BatchConfig(
