@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
                    help="stop at the first source that cannot be read (exit status 1, no results written)")
     p.add_argument("--errors", metavar="JSON",
                    help="write the sources that could not be read here: [{source, error}, ...]")
+    from posekit.cli import predict_ray
+
+    predict_ray.add_arguments(p)  # --engine ray and its options
     p.set_defaults(func=run)
 
 #: exit status when some sources could not be read and the others were processed.
@@ -75,6 +78,10 @@ def _expand(sources: list[str], skip=None) -> list[tuple[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        from posekit.cli import predict_ray
+
+        return predict_ray.run(args)
     import json
     import sys
     from pathlib import Path
