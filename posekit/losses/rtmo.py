@@ -238,8 +238,8 @@ class SimOTAAssigner:
             ``gt_inds (P,)`` int64: the matched person (``-1``: background) and ``overlaps (P,)``: the matched pair's
             OKS (or IoU with ``dynamic_k_indicator='iou'``), 0 for background. When some prior is a candidate, also
             the intermediate values (MMPose's names): ``valid (P,)`` (inside a box or a centre window),
-            ``in_both (V, G)``, ``cost (V, G)``, ``quality (V, G)`` (the pairwise OKS or IoU) and
-            ``dynamic_ks (G,)``.
+            ``in_both (V, G)``, ``cost (V, G)``, ``oks`` / ``ious (V, G)`` (pairwise), ``quality`` (the one of
+            the two that sets k) and ``dynamic_ks (G,)``.
         """
         P, G = priors.shape[0], gt_boxes.shape[0]
         gt_inds = torch.full((P,), -1, dtype=torch.long, device=priors.device)
@@ -283,7 +283,7 @@ class SimOTAAssigner:
         gt_inds[vidx[fg]] = matched[fg]
         overlaps[vidx[fg]] = quality[fg, matched[fg]].to(overlaps.dtype)
         return {"gt_inds": gt_inds, "overlaps": overlaps, "valid": valid, "in_both": in_both, "cost": cost,
-                "quality": quality, "dynamic_ks": ks}
+                "oks": oks, "ious": ious, "quality": quality, "dynamic_ks": ks}
 
 
 # ------------------------------------------------------------------------------------------------ losses

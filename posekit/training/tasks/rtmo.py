@@ -58,8 +58,8 @@ _DATA_OPTIONS = {
     "color_jitter": 0.0,
     "min_keypoints": 1,
 }
-_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "aux_epoch", "aux", "assigner", "score_thr", "nms_thr", "backbone_onnx",
-                 "bn_calibration_images")
+_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "aux_epoch", "aux", "assigner", "score_thr", "nms_thr",
+                 "backbone_onnx", "bn_calibration_images")
 PAD_VALUE = 114
 
 
