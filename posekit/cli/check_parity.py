@@ -18,8 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compare posekit's training targets, losses and gradients with MMPose's reference dumps",
         description="DIR is an mmpose-tiny-train folder (one sub-folder per model with batch.pt, targets.pt, "
                     "loss.pt, grads.pt, meta.json; RTMO also assignment.pt). The weights come from the matching "
-                    "mmpose-tiny folder beside it (DIR/../mmpose-tiny/<name>) or from --forward. Exit status 0 when everything checked "
-                    "passes, 1 otherwise.",
+                    "mmpose-tiny folder beside it (DIR/../mmpose-tiny/<name>) or from --forward. Exit status 0 "
+                    "when everything checked passes, 1 otherwise.",
     )
     p.add_argument("dir", metavar="DIR", help="the mmpose-tiny-train folder (or one model folder inside it)")
     p.add_argument("--forward", metavar="DIR", default=None,
