@@ -126,6 +126,19 @@ def forward_folder_for(train_dir: Path, forward_root: Optional[Path] = None) -> 
     return root / train_dir.name
 
 
+def _load_folder(train_dir: Path, forward_dir, files: Iterable[str]) -> dict:
+    """A reference folder's ``meta.json`` (``meta``, ``meta_path``, ``name``), its forward reference's ``meta.json``
+    and ``state_dict.pt`` (``fmeta``, ``state``) and each ``<file>.pt`` of ``files`` under its stem."""
+    fwd = Path(forward_dir) if forward_dir is not None else forward_folder_for(train_dir)
+    meta_path = train_dir / "meta.json"
+    meta = _load_json(meta_path)
+    out = {"meta_path": meta_path, "meta": meta, "name": str(meta.get("name", train_dir.name)),
+           "fmeta": _load_json(fwd / "meta.json"), "state": _load_pt(fwd / "state_dict.pt")}
+    for stem in files:
+        out[stem] = _load_pt(train_dir / f"{stem}.pt")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def _codec(cfg: Mapping[str, Any], overrides: Optional[Mapping[str, Any]]):
     from posekit.codecs.heatmap import heatmap_codec_from_mmpose
@@ -223,16 +236,9 @@ def check_topdown_folder(train_dir, forward_dir=None, *, codec_overrides: Option
     from posekit.models.topdown_presets import build_topdown_from_mmpose_meta, load_topdown_weights
 
     train_dir = Path(train_dir)
-    fwd = Path(forward_dir) if forward_dir is not None else forward_folder_for(train_dir)
-    meta_path = train_dir / "meta.json"
-    meta = _load_json(meta_path)
-    name = str(meta.get("name", train_dir.name))
-    fmeta = _load_json(fwd / "meta.json")
-    state = _load_pt(fwd / "state_dict.pt")
-    batch = _load_pt(train_dir / "batch.pt")
-    targets = _load_pt(train_dir / "targets.pt")
-    ref_loss = _load_pt(train_dir / "loss.pt")
-    ref_grads = _load_pt(train_dir / "grads.pt")
+    f = _load_folder(train_dir, forward_dir, ("batch", "targets", "loss", "grads"))
+    meta_path, meta, name, fmeta, state = f["meta_path"], f["meta"], f["name"], f["fmeta"], f["state"]
+    batch, targets, ref_loss, ref_grads = f["batch"], f["targets"], f["loss"], f["grads"]
     codec_cfg = _need(meta, "codec_cfg", meta_path)
     rows: List[ParityRow] = []
 
@@ -641,17 +647,10 @@ def check_rtmo_folder(train_dir, forward_dir=None, *, trainmode: bool = True) ->
     from posekit.models.rtmo import RTMO_PRESETS, build_rtmo_from_mmpose_meta, load_mmpose_rtmo_checkpoint
 
     train_dir = Path(train_dir)
-    fwd = Path(forward_dir) if forward_dir is not None else forward_folder_for(train_dir)
-    meta_path = train_dir / "meta.json"
-    meta = _load_json(meta_path)
-    name = str(meta.get("name", train_dir.name))
-    fmeta = _load_json(fwd / "meta.json")
-    state = _load_pt(fwd / "state_dict.pt")
-    batch = _load_pt(train_dir / "batch.pt")
-    targets = _load_pt(train_dir / "targets.pt")
-    ref_loss = _load_pt(train_dir / "loss.pt")
-    assignment = _load_pt(train_dir / "assignment.pt")
-    ref_grads = _load_pt(train_dir / "grads.pt")
+    f = _load_folder(train_dir, forward_dir, ("batch", "targets", "loss", "assignment", "grads"))
+    meta_path, meta, name, fmeta, state = f["meta_path"], f["meta"], f["name"], f["fmeta"], f["state"]
+    batch, targets, ref_loss, assignment, ref_grads = (f[k] for k in ("batch", "targets", "loss", "assignment",
+                                                                      "grads"))
     base, aux = _rtmo_losses_cfg(meta, meta_path)
     assigner = _rtmo_assigner(meta, meta_path)
     rows: List[ParityRow] = []
