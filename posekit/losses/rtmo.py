@@ -15,22 +15,27 @@ coordinates), like :mod:`posekit.models.heads.rtmo`. Ground truth per image is a
    ``cls_weight * BCE(score, 1) + iou_weight * -log(IoU) + oks_weight * -log(OKS(proxy keypoints))`` (+ a large
    constant unless the prior is both inside the box and near the centre); each person takes the ``k`` cheapest
    priors with ``k = max(1, int(sum of its top-10 OKS))`` and a prior claimed by two people goes to the cheaper;
-3. losses over the positives, normalised by the number of positives ``N`` (averaged over processes under DDP):
+3. losses over the positives, normalised as MMPose does: ``N`` = the number of positives averaged over the
+   processes under DDP (at least 1), ``n`` = this process' positives:
 
    * ``cls``: VariFocal loss on every prior, target ``OKS^overlaps_power`` on positives, 0 elsewhere; sum / N;
    * ``bbox``: IoU loss ``1 - IoU^2`` of the decoded box; sum / N;
-   * ``oks``: ``1 - OKS`` of the proxy (regression) keypoints, each keypoint weighted ``visible / K``; sum / N;
-   * ``vis``: binary cross-entropy of the visibility logits against ``visible``; sum / (N K);
-   * ``mle``: the DCC's maximum-likelihood loss (:func:`mle_cc_loss`), visibility-weighted; sum / (N K);
+   * ``bbox_aux`` (only with a weight > 0): L1 of the raw box deltas against the deltas of the ground-truth box
+     (:func:`bbox_aux_targets`); sum / N;
+   * ``oks``: ``1 - OKS`` of the proxy (regression) keypoints, each keypoint weighted ``visible / K``; mean over n;
+   * ``vis``: binary cross-entropy of the visibility logits against ``visible``; mean over n and K;
+   * ``mle``: the DCC's maximum-likelihood loss (:func:`mle_cc_loss`), visibility-weighted; mean over n and K;
 
    and ``loss = sum_i weight_i * loss_i`` with the weights of :class:`RTMOLossWeights`. With
    ``proxy_target_cc`` (the official second phase) the regression branch is trained towards the DCC keypoints
    where those are closer to the ground truth, and the classification target becomes the OKS of the DCC
    keypoints.
 
-The official schedule (``configs/body_2d_keypoint/rtmo/*/rtmo-*_600e_*.py``): weights cls 1, bbox 5, oks 30,
-vis 1, mle 1; from epoch 280 ``proxy_target_cc=True``, mle 5, oks 10 (MMPose's ``RTMOModeSwitchHook``; here
-:class:`RTMOLossSchedule`, an explicit config value).
+The official schedule (``configs/body_2d_keypoint/rtmo/*/rtmo-*_600e_*.py``, :func:`mmpose_loss_schedule`): weights
+cls 1, bbox 5, oks 30, vis 1, mle 1; from epoch 280 ``proxy_target_cc=True``, mle 5, oks 10 (MMPose's
+``RTMOModeSwitchHook``); from epoch ``max_epochs - 21`` = 579 the auxiliary box loss with weight 1
+(``YOLOXPoseModeSwitchHook``); here :class:`RTMOLossSchedule`, explicit config values. docs/training-parity.md
+shows the assignment, every loss term of the three phases and the gradients against MMPose's own training dump.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ _EPS = 1e-7
 # ------------------------------------------------------------------------------------------------ weights
 @dataclass(frozen=True)
 class RTMOLossWeights:
-    """Loss weights and the two switches of the official schedule (defaults: the first phase)."""
+    """Loss weights and the switches of the official schedule (defaults: the first phase)."""
 
     cls: float = 1.0
     bbox: float = 5.0
