@@ -289,3 +289,18 @@ def test_rtmo_checker_reports_wrong_values(tmp_path, monkeypatch):
                       "grads.phase2.neck (L2 norm per tensor; 99 tensors)",
                       "grads.phase2.head (L2 norm per tensor; 74 tensors)"}, failed
     assert "sigma_fc.0.weight" in got["grads.phase0.head (max|Δ|/max|g|; 74 tensors)"].note
+
+
+def test_rtmo_unsupported_settings_are_named(tmp_path):
+    root, d = _copy(tmp_path, "rtmo")
+    fwd = shared_path("reference", "mmpose-tiny", "rtmo")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["loss_cfg"]["loss_bbox"]["mode"] = "log"
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="loss_cfg.loss_bbox .*differs: {'mode': 'log'}"):
+        check_rtmo_folder(d, fwd)
+    meta["loss_cfg"]["loss_bbox"]["mode"] = "square"
+    meta["phase_attrs_applied"]["phase1"]["loss_oks.eps"] = 1.0
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="phase_attrs_applied.phase1.loss_oks.eps"):
+        check_rtmo_folder(d, fwd)

@@ -379,10 +379,18 @@ def _grad_rows(name: str, model: torch.nn.Module, ref_grads: Mapping[str, torch.
 
 
 # ----------------------------------------------------------------------------------------------- RTMO
-#: the MMPose loss classes posekit's RTMOCriterion implements, with the settings of the official configs
-_RTMO_LOSSES = {"loss_cls": ("VariFocalLoss", "cls", "sum"), "loss_bbox": ("IoULoss", "bbox", "sum"),
-                "loss_oks": ("OKSLoss", "oks", "none"), "loss_vis": ("BCELoss", "vis", "mean"),
-                "loss_mle": ("MLECCLoss", "mle", "mean"), "loss_bbox_aux": ("L1Loss", "bbox_aux", "sum")}
+#: the MMPose loss classes posekit's RTMOCriterion implements: type, posekit's weight field, and the settings it
+#: implements (MMPose's constructor default, the value posekit computes)
+_RTMO_LOSSES = {
+    "loss_cls": ("VariFocalLoss", "cls", {"reduction": ("mean", "sum"), "alpha": (0.75, 0.75), "gamma": (2.0, 2.0)}),
+    "loss_bbox": ("IoULoss", "bbox", {"reduction": ("mean", "sum"), "mode": ("log", "square"), "eps": (1e-16, 1e-16)}),
+    "loss_oks": ("OKSLoss", "oks", {"reduction": ("mean", "none"), "mode": ("linear", "linear"),
+                                    "norm_target_weight": (False, False)}),
+    "loss_vis": ("BCELoss", "vis", {"reduction": ("mean", "mean"), "use_sigmoid": (False, False)}),
+    "loss_mle": ("MLECCLoss", "mle", {"reduction": ("mean", "mean"), "mode": ("log", "log"),
+                                      "use_target_weight": (False, True)}),
+    "loss_bbox_aux": ("L1Loss", "bbox_aux", {"reduction": ("mean", "sum"), "use_target_weight": (False, False)}),
+}
 #: MMPose 1.3 SimOTAAssigner constructor defaults (what a config leaves out)
 _SIMOTA_DEFAULTS = dict(center_radius=2.5, candidate_topk=10, iou_weight=3.0, cls_weight=1.0, oks_weight=3.0,
                         vis_weight=0.0, dynamic_k_indicator="iou", use_keypoints_for_center=False)
@@ -414,18 +422,17 @@ def _mmpose_noise(meta: Mapping, ph: str, what: str, key: str) -> Optional[float
 def _rtmo_losses_cfg(meta: Mapping, path: Path) -> tuple:
     """(base weights, auxiliary box-loss weight) from ``meta.loss_cfg``; a loss posekit does not implement raises."""
     cfg = _need(meta, "loss_cfg", path)
-    base: dict = {}
+    base: dict = {v[1]: 0.0 for k, v in _RTMO_LOSSES.items() if k != "loss_bbox_aux"}  # absent: not computed
     aux = 1.0
     for key, c in cfg.items():
         if key not in _RTMO_LOSSES:
             raise ValueError(f"{path}: loss_cfg.{key}: posekit's RTMO criterion has no such loss "
                              f"(has {sorted(_RTMO_LOSSES)})")
-        typ, field_, red = _RTMO_LOSSES[key]
-        if c.get("type") != typ or c.get("reduction", "mean") != red or \
-                (key == "loss_bbox" and c.get("mode", "log") != "square") or c.get("mode", "log") not in \
-                ("log", "square") or (key == "loss_oks" and c.get("mode", "linear") != "linear"):
-            raise ValueError(f"{path}: loss_cfg.{key} = {dict(c)}: posekit implements {typ} with reduction "
-                             f"{red!r} (and the official modes)")
+        typ, field_, settings = _RTMO_LOSSES[key]
+        bad = {k: c.get(k, d) for k, (d, want) in settings.items() if c.get(k, d) != want}
+        if c.get("type") != typ or bad:
+            raise ValueError(f"{path}: loss_cfg.{key} = {dict(c)}: posekit implements {typ} with "
+                             f"{ {k: v[1] for k, v in settings.items()} } (differs: {bad})")
         if key == "loss_bbox_aux":
             aux = float(c.get("loss_weight", 1.0))
         else:
@@ -441,7 +448,7 @@ def _rtmo_phase_weights(meta: Mapping, phase: str, base: Mapping, aux: float, pa
 
     attrs = (meta.get("phase_attrs_applied") or {}).get(phase, {})
     w = {**base, "proxy_target_cc": False, "bbox_aux": 0.0}
-    fields = {k: v[1] for k, v in _RTMO_LOSSES.items()}
+    fields = {k: v[1] for k, v in _RTMO_LOSSES.items()}  # loss name -> RTMOLossWeights field
     for k, v in attrs.items():
         if k == "proxy_target_cc":
             w[k] = bool(v)
