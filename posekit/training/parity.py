@@ -696,6 +696,9 @@ def check_rtmo_folder(train_dir, forward_dir=None, *, trainmode: bool = True) ->
     crit, crit64 = RTMOCriterion(model.head, assigner), RTMOCriterion(model64.head, assigner)
     K = model.head.num_keypoints
     phases = sorted({k.split(".", 1)[0] for k in ref_loss if not k.startswith("trainmode.") and "." in k})
+    if not phases:
+        raise ValueError(f"malformed reference file {train_dir / 'loss.pt'}: no '<phase>.<term>' entries "
+                         f"(has {sorted(ref_loss)[:8]})")
     epochs = _phase_epochs(meta)
     max_epochs = _max_epochs(meta)
     preset = Path(str(meta.get("config_file_rel", ""))).name.split("_")[0]
