@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from posekit.losses.rtmo import (RTMOCriterion, RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner, box_iou_torch,
-                                 iou_loss, mle_cc_loss, mle_target_heatmaps, oks_loss, pose_oks, varifocal_loss)
+                                 iou_loss, mle_cc_loss, mle_target_heatmaps, mmpose_loss_schedule, oks_loss, pose_oks,
+                                 varifocal_loss)
 from posekit.models.rtmo import build_rtmo
 
 TINY = dict(widen_factor=0.125, neck_widen_factor=0.125, hidden_dim=32, num_heads=2, feedforward_channels=64,
@@ -116,6 +117,57 @@ def test_schedule_and_weights_are_config_values():
         RTMOLossWeights.from_dict({"mle_weight": 1.0})
     with pytest.raises(ValueError, match="must be a number"):
         RTMOLossWeights.from_dict({"oks": -1})
+    # MMPose's 600-epoch recipe: RTMOModeSwitchHook at 280, YOLOXPoseModeSwitchHook(num_last_epochs=20) fires
+    # when epoch + 1 == 600 - 20, i.e. the auxiliary box loss is on from epoch 579
+    m = mmpose_loss_schedule(600)
+    assert m.at(279) == RTMOLossWeights() and m.at(280) == s.at(280) and m.at(578).bbox_aux == 0.0
+    assert m.at(579) == s.at(280).replace(bbox_aux=1.0) and m.at(599).bbox_aux == 1.0
+
+
+def test_task_loss_schedule_defaults():
+    """The official presets train with MMPose's schedule unless told otherwise; other models never switch."""
+    from types import SimpleNamespace
+
+    from posekit.training.tasks.rtmo import RTMOTask
+
+    def sched(name, epochs=600, **opts):
+        task = RTMOTask()
+        task._task_options(SimpleNamespace(task_options=opts, model=SimpleNamespace(name=name), epochs=epochs))
+        return task.schedule
+
+    assert sched("rtmo-s") == mmpose_loss_schedule(600)
+    assert sched("rtmo-l", epochs=300).aux_epoch == 279 and sched("rtmo-t").switch_epoch == 280
+    assert sched("my-rtmo").switch_epoch is None and sched("my-rtmo").aux_epoch is None
+    custom = sched("rtmo-s", switch_epoch=None, aux_epoch=10, aux={"bbox_aux": 2.0})
+    assert custom.at(599) == RTMOLossWeights(bbox_aux=2.0) and custom.at(9) == RTMOLossWeights()
+    with pytest.raises(ValueError, match="aux_epoch"):
+        sched("rtmo-s", aux_epoch=-1)
+    with pytest.raises(ValueError, match="task_options.aux"):
+        sched("rtmo-s", aux={"l1": 1.0})
+
+
+def test_auxiliary_box_loss_is_l1_on_the_raw_deltas():
+    torch.manual_seed(0)
+    model = build_rtmo("rtmo-s", **TINY).train()
+    x = torch.rand(2, 3, 160, 160) * 255
+    gts = [{"boxes": torch.tensor([[20.0, 30.0, 90.0, 150.0]]), "keypoints": torch.rand(1, 17, 2) * 60 + 30,
+            "visible": torch.ones(1, 17), "areas": torch.tensor([5000.0])} for _ in range(2)]
+    raw = model(x)
+    crit = RTMOCriterion(model.head)
+    det = {}
+    out = crit(raw, gts, RTMOLossWeights(bbox_aux=2.0), details=det)
+    base = crit(raw, gts, RTMOLossWeights())
+    assert "loss_bbox_aux" not in base
+    t = det["targets"]
+    pos = t["pos"]
+    # the targets are the deltas that decode to the ground-truth box at each positive's prior
+    boxes = model.head.decode_boxes(det["bbox_aux_targets"], t["prior_xy"], t["prior_stride"])
+    np.testing.assert_allclose(boxes.detach().numpy(), t["boxes"].numpy(), rtol=1e-5, atol=1e-3)
+    deltas = model.head.flatten_levels(raw["bbox_preds"]).reshape(-1, 4)[pos]
+    want = (deltas - det["bbox_aux_targets"]).abs().sum() / len(pos)
+    assert float(out["loss_bbox_aux"].detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx(float(base["loss"].detach()) + 2.0 * float(want.detach()),
+                                                         rel=1e-5)
 
 
 @pytest.fixture(scope="module")

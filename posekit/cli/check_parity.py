@@ -1,9 +1,10 @@
 """``posekit check-training-parity DIR``: posekit's targets, losses and gradients against MMPose's training-side
 references (a folder in the layout of ``../shared/reference/mmpose-tiny-train``, see docs/training-parity.md).
 
-Prints one row per model and term (posekit value, MMPose value, max difference, tolerance, pass/FAIL); RTMO rows
-are listed as not checked. ``--json FILE`` also writes the rows. Exit status 0 when every checked row passes, 1
-when one fails or a reference file is missing or malformed (the error names the file).
+Prints one row per model and term (posekit value, MMPose value, max difference, tolerance, pass/FAIL): top-down
+targets, losses and gradients; RTMO's assignment, DCC values, losses and gradients in every training phase.
+``--json FILE`` also writes the rows. Exit status 0 when every checked row passes, 1 when one fails or a reference
+file is missing or malformed (the error names the file).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "check-training-parity",
         help="compare posekit's training targets, losses and gradients with MMPose's reference dumps",
         description="DIR is an mmpose-tiny-train folder (one sub-folder per model with batch.pt, targets.pt, "
-                    "loss.pt, grads.pt, meta.json). The weights come from the matching mmpose-tiny folder beside "
-                    "it (DIR/../mmpose-tiny/<name>) or from --forward. Exit status 0 when everything checked "
-                    "passes, 1 otherwise.",
+                    "loss.pt, grads.pt, meta.json; RTMO also assignment.pt). The weights come from the matching "
+                    "mmpose-tiny folder beside it (DIR/../mmpose-tiny/<name>) or from --forward. Exit status 0 "
+                    "when everything checked passes, 1 otherwise.",
     )
     p.add_argument("dir", metavar="DIR", help="the mmpose-tiny-train folder (or one model folder inside it)")
     p.add_argument("--forward", metavar="DIR", default=None,

@@ -9,7 +9,8 @@
   ``num_keypoints`` from the annotation file; classification biases initialised to the 0.01 prior. Input raw BGR
   0..255, as the official models.
 * Loss: :class:`~posekit.losses.rtmo.RTMOCriterion`; its weights are config values (``task_options``), and
-  the official mid-training change (``switch_epoch``, ``switch``) is applied from that epoch on.
+  the official mid-training changes (``switch_epoch`` / ``switch``, ``aux_epoch`` / ``aux``) apply from those epochs on
+  (MMPose's schedule by default for the official presets).
 * Evaluation: every validation image letterboxed (top-left, 114) to the input size, ``model.predict``, people
   mapped back to image pixels, COCO keypoint AP against ``data.val_ann``.
 
@@ -18,8 +19,13 @@
 ``color_jitter`` (0.0), ``min_keypoints`` (1).
 
 ``task_options`` (all optional): ``loss``: :class:`~posekit.losses.rtmo.RTMOLossWeights` fields (defaults:
-the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1); ``switch_epoch`` (0-based epoch, null: never) and
-``switch`` (the fields that change then; official: ``{proxy_target_cc: true, mle: 5.0, oks: 10.0}`` at 280);
+the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1, no auxiliary box loss); ``switch_epoch`` (0-based
+epoch, null: never) and ``switch`` (the fields that change then; default MMPose's ``{proxy_target_cc: true, mle: 5.0,
+oks: 10.0}``); ``aux_epoch`` (0-based, null: never) and ``aux`` (default ``{bbox_aux: 1.0}``: the L1 loss on the raw
+box deltas of MMPose's ``YOLOXPoseModeSwitchHook``). Unset, ``switch_epoch`` is 280 and ``aux_epoch`` is
+``epochs - 21`` for the official presets (``rtmo-t|s|m|l``: MMPose's 600-epoch recipe, where the aux loss starts at
+579; docs/training-parity.md) and null for any other model name. The data-pipeline half of MMPose's last-20-epoch
+switch (no mosaic / mixup / random affine) is not applied;
 ``assigner``: :class:`~posekit.losses.rtmo.SimOTAAssigner` fields; ``score_thr`` (0.1) and ``nms_thr``
 (0.65) for the evaluation; ``backbone_onnx`` (a YOLOX ONNX export, e.g. ``../shared/weights/yolox_nano_8xb8-
 300e_humanart-40f6f0d0.onnx``, relative paths from the working directory): start the CSPDarknet from that detector's
@@ -52,8 +58,8 @@ _DATA_OPTIONS = {
     "color_jitter": 0.0,
     "min_keypoints": 1,
 }
-_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "assigner", "score_thr", "nms_thr", "backbone_onnx",
-                 "bn_calibration_images")
+_TASK_OPTIONS = ("loss", "switch_epoch", "switch", "aux_epoch", "aux", "assigner", "score_thr", "nms_thr",
+                 "backbone_onnx", "bn_calibration_images")
 PAD_VALUE = 114
 
 
@@ -260,7 +266,9 @@ class RTMOTask(TrainTask):
 
     # ------------------------------------------------------------------ options
     def _task_options(self, cfg) -> None:
-        from posekit.losses.rtmo import RTMOLossSchedule, RTMOLossWeights, SimOTAAssigner
+        from posekit.losses.rtmo import (MMPOSE_SWITCH, MMPOSE_SWITCH_EPOCH, RTMOLossSchedule, RTMOLossWeights,
+                                         SimOTAAssigner, mmpose_aux_epoch)
+        from posekit.models.rtmo import RTMO_PRESETS
 
         t = dict(cfg.task_options)
         unknown = set(t) - set(_TASK_OPTIONS)
@@ -268,12 +276,19 @@ class RTMOTask(TrainTask):
             raise ValueError(f"unknown task_options key(s) for task 'rtmo': {sorted(unknown)} "
                              f"(known: {', '.join(_TASK_OPTIONS)})")
         base = RTMOLossWeights.from_dict(t.get("loss"), "task_options.loss")
-        switch = dict(t.get("switch") or {})
-        RTMOLossWeights.from_dict({**{k: getattr(base, k) for k in ("cls",)}, **switch}, "task_options.switch")
-        se = t.get("switch_epoch")
-        if se is not None and (isinstance(se, bool) or not isinstance(se, int) or se < 0):
-            raise ValueError(f"task_options.switch_epoch must be an epoch >= 0 or null, got {se!r}")
-        self.schedule = RTMOLossSchedule(base=base, switch_epoch=se, switch=switch)
+        # MMPose's schedule is the default of the official presets (the published recipe); unset options of other
+        # models mean "never"
+        official = str(cfg.model.name or "rtmo-s").lower() in RTMO_PRESETS
+        switch = dict(MMPOSE_SWITCH if t.get("switch") is None else t["switch"])
+        RTMOLossWeights.from_dict(switch, "task_options.switch")
+        aux = dict({"bbox_aux": 1.0} if t.get("aux") is None else t["aux"])
+        RTMOLossWeights.from_dict(aux, "task_options.aux")
+        se = t["switch_epoch"] if "switch_epoch" in t else (MMPOSE_SWITCH_EPOCH if official else None)
+        ae = t["aux_epoch"] if "aux_epoch" in t else (mmpose_aux_epoch(cfg.epochs) if official else None)
+        for key, v in (("switch_epoch", se), ("aux_epoch", ae)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"task_options.{key} must be an epoch >= 0 or null, got {v!r}")
+        self.schedule = RTMOLossSchedule(base=base, switch_epoch=se, switch=switch, aux_epoch=ae, aux=aux)
         a = dict(t.get("assigner") or {})
         try:
             self.assigner = SimOTAAssigner(**a)
@@ -390,6 +405,7 @@ class RTMOTask(TrainTask):
         out = self._criterion(raw, batch["targets"], w)
         scalars = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
         scalars["proxy_target_cc"] = float(w.proxy_target_cc)
+        scalars["bbox_aux_weight"] = float(w.bbox_aux)
         return out["loss"], scalars
 
     # ------------------------------------------------------------------ evaluation
