@@ -276,8 +276,19 @@ def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibratio
     say(f"calibration: {len(feeds)} network input(s), shapes {sorted({tuple(f.shape) for f in feeds})[:4]}")
 
     class Reader(CalibrationDataReader):
+        """The recorded inputs, one at a time: with ``CalibStridedMinMax = 1`` onnxruntime collects (and for the
+        histogram methods merges) each input's statistics before the next, so inputs of different sizes (whole
+        images keep their aspect ratio) can be mixed and memory stays at one input's activations."""
+
         def __init__(self) -> None:
-            self._it = iter(feeds)
+            self._items: list = list(feeds)
+            self._it = iter(self._items)
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._it = iter(feeds[start_index:end_index])
 
         def get_next(self):
             x = next(self._it, None)
@@ -285,7 +296,7 @@ def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibratio
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[settings.method]
-    extra = {"CalibMaxIntermediateOutputs": 64}
+    extra = {"CalibStridedMinMax": 1}
     extra.update(settings.extra)
     quant_logger = logging.getLogger()  # onnxruntime.quantization warns through the root logger
     level = quant_logger.level

@@ -17,6 +17,9 @@ def add_calibration_args(p, required: bool) -> None:
     p.add_argument("--keep-fp32", action="append", default=[], metavar="PATTERN",
                    help="keep the nodes whose name, or the name of a tensor they write (e.g. a graph output), "
                         "matches this fnmatch pattern in FP32; repeatable (e.g. --keep-fp32 'MobilenetV2/*')")
+    p.add_argument("--op-types", default=None, metavar="LIST",
+                   help="comma-separated operator types to quantize (default Conv,ConvTranspose,MatMul,Gemm; "
+                        "'onnxruntime' for onnxruntime's own list, which also quantizes Concat, Add, Mul, Sigmoid...)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights, for CPUs without VNNI where uint8 x int8 products can saturate")
@@ -50,7 +53,11 @@ def settings_from(args):
 
     if args.calibration_images is not None and args.calibration_images < 1:
         raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
-    return QuantizeSettings(method=args.calibration_method, per_channel=not args.per_tensor,
+    ops = QuantizeSettings().op_types
+    if args.op_types:
+        ops = None if args.op_types.strip().lower() == "onnxruntime" else tuple(
+            o.strip() for o in args.op_types.split(",") if o.strip())
+    return QuantizeSettings(method=args.calibration_method, per_channel=not args.per_tensor, op_types=ops,
                             keep_fp32=tuple(args.keep_fp32), max_images=args.calibration_images,
                             reduce_range=args.reduce_range)
 
