@@ -13,8 +13,9 @@ How (``docs/quantization.md`` has the measurements and the choices):
   Top-down crops come from the annotation file's person boxes (``ANN.json``) or from the detector (a folder);
 * **quantization**: ``onnxruntime.quantization.quantize_static`` on the file after ``quant_pre_process`` (shape
   inference and onnxruntime's graph optimisation), QDQ format, int8 weights per output channel, uint8 activations
-  (U8S8: onnxruntime's fast path on x86; S8S8 ran 1.4x slower than FP32 on tf-pose here), MinMax calibration by
-  default (``docs/quantization.md``: why);
+  (U8S8: onnxruntime's fast path on x86; S8S8 ran slower than FP32 on tf-pose here), only ``Conv``,
+  ``ConvTranspose``, ``MatMul`` and ``Gemm`` by default, MinMax calibration by default (``docs/quantization.md``:
+  why);
 * **FP32 layers**: ``keep_fp32`` patterns (``fnmatch``, matched against node names and the names of the tensors
   the nodes write, so a graph output's name keeps the node that writes it) leave those nodes unquantized;
 * **error**: the FP32 and INT8 files run on the recorded batches; per output: max and mean absolute difference,
