@@ -282,8 +282,7 @@ def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibratio
         images keep their aspect ratio) can be mixed and memory stays at one input's activations."""
 
         def __init__(self) -> None:
-            self._items: list = list(feeds)
-            self._it = iter(self._items)
+            self._it = iter(feeds)
 
         def __len__(self) -> int:
             return len(feeds)
