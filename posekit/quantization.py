@@ -220,10 +220,20 @@ def _preprocess(src: Path, dst: Path) -> None:
                                f"quantization ({e}); re-export it at opset >= 13") from None
         src = dst.with_name("opset13.onnx")
         onnx.save(model, str(src))
+    # the symbolic shape inference writes temporary files (sym_shape_infer_temp.onnx + external data) into the
+    # current directory and leaves them there when it fails: run it from the temporary folder
+    import os
+
+    here = os.getcwd()
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    os.chdir(dst.parent)
     try:
-        quant_pre_process(str(src), str(dst))
-    except Exception:  # onnxruntime's symbolic shape inference raises its own errors on unknown ops
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception:  # onnxruntime's symbolic shape inference raises its own errors on unknown ops
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    finally:
+        os.chdir(here)
 
 
 def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibration: str | Path, out: str | Path,
