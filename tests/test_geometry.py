@@ -215,3 +215,23 @@ def test_warp_mask_nearest_and_fill_outside():
 def test_points_inside_pixel_area_rule():
     p = np.array([[-0.5, 0], [-0.51, 0], [9.49, 0], [9.5, 0], [3, 4.49], [3, 4.5]])
     np.testing.assert_array_equal(points_inside(p, (10, 5)), [True, False, True, False, True, False])
+
+
+def test_letterbox_back_mapping_bound_against_plain_division():
+    """docs/inference.md: mapping back by dividing by the ratio (rtmlib, YOLOX) differs from the exact inverse by at
+    most 0.5 |W/nw - 1| + (W s - nw) / s; the rounding term matters (0.5 |1/s - 1| alone is exceeded)."""
+    from posekit.data.geometry import invert_affine, letterbox
+
+    worst_excess = 0.0
+    for W, H in [(640, 427), (500, 375), (333, 500), (1001, 667), (427, 640), (383, 257)]:
+        _, M, s = letterbox(np.zeros((H, W, 3), np.uint8), (416, 416))
+        Mi = invert_affine(M)
+        nw, nh = round(M[0, 0] * W), round(M[1, 1] * H)
+        for n, side, row in ((nw, W, 0), (nh, H, 1)):
+            x = np.linspace(0, n, 101)
+            exact = Mi[row, row] * x + Mi[row, 2]
+            diff = np.abs(exact - x / s).max()
+            bound = 0.5 * abs(side / n - 1) + (side * s - n) / s
+            assert diff <= bound + 1e-9, (W, H, diff, bound)
+            worst_excess = max(worst_excess, diff - 0.5 * abs(1 / s - 1))
+    assert worst_excess > 0.05  # the old bound 0.5 |1/s - 1| left out up to this much

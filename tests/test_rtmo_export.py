@@ -189,3 +189,62 @@ def test_graph_does_not_depend_on_whether_the_example_has_people(tmp_path):
     np.testing.assert_allclose(k, want_k.numpy(), rtol=1e-4, atol=1e-3)
     d0, k0 = sess.run(None, {"input": empty})
     assert d0.shape == (1, 1, 5) and k0.shape == (1, 1, 17, 3) and not d0.any()
+
+
+def test_self_check_is_robust_to_ties_at_the_top_k_cut():
+    """Random weights give many equal scores: at the keep_top_k cut onnxruntime and PyTorch may keep different
+    boxes of the tied group (posekit export --model rtmo-s --random-init failed with 'differ by inf')."""
+    rng = np.random.default_rng(0)
+    n, k = 6, 17
+    d = np.concatenate([rng.uniform(0, 100, (1, n, 4)), np.array([[[0.9], [0.8], [0.7], [0.5], [0.5], [0.5]]])],
+                       axis=2).astype(np.float32)
+    kp = rng.uniform(0, 100, (1, n, k, 3)).astype(np.float32)
+    d2, kp2 = d.copy(), kp.copy()
+    d2[0, 4:, :4] += 37.0  # other boxes of the tied group kept
+    kp2[0, 4:] += 11.0
+    d2[0, [0, 1]] = d2[0, [1, 0]]  # rows above the cut in another order
+    kp2[0, [0, 1]] = kp2[0, [1, 0]]
+    assert _matched_error(d, kp, d2, kp2) == pytest.approx(0.0, abs=1e-6)
+    bad = d2.copy()
+    bad[0, 2, 0] += 1.0  # a row above the tied group differs: still an error
+    assert _matched_error(d, kp, bad, kp2) == pytest.approx(1.0, abs=1e-4)
+    fewer = d2.copy()
+    fewer[0, 5, 4] = 0.45  # the tied groups differ in size: inf
+    assert _matched_error(d, kp, fewer, kp2) == float("inf")
+    # not cut (a zero row ends the output): every row must pair
+    z = np.concatenate([d, np.zeros((1, 1, 5), np.float32)], 1)
+    zk = np.concatenate([kp, np.zeros((1, 1, k, 3), np.float32)], 1)
+    z2 = np.concatenate([d2, np.zeros((1, 1, 5), np.float32)], 1)
+    zk2 = np.concatenate([kp2, np.zeros((1, 1, k, 3), np.float32)], 1)
+    assert _matched_error(z, zk, z2, zk2) > 10
+
+
+def test_nms_inside_the_graph_is_detected_and_not_run_again(exported, tmp_path, monkeypatch):
+    """A card that does not say nms_inside (the official RTMO cards) on a file whose graph has NonMaxSuppression:
+    the pipeline sees the node and skips its own NMS; a file without the node (the stand-in) still gets NMS."""
+    import yaml
+
+    from posekit.pipelines import onestage
+    from posekit.runtime.cards import load_card
+    from posekit.runtime.testing import fake_rtmo
+
+    m, path, card_path = exported
+    data = yaml.safe_load(card_path.read_text())
+    data["thresholds"]["nms_inside"] = False
+    data["weights"]["path"] = str(path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    card = load_card(tmp_path / "c.yaml")
+    assert not card.nms_inside
+    pipe = onestage.OneStagePipeline(card)
+    assert pipe.nms_inside and pipe.model.has_op("NonMaxSuppression")
+    calls = []
+    real_nms = onestage.nms
+    monkeypatch.setattr(onestage, "nms", lambda *a, **kw: calls.append(1) or real_nms(*a, **kw))
+    people = pipe(_blocks((120, 200, 3), seed=5).astype(np.uint8))
+    assert len(people) >= 2 and not calls
+    f = tmp_path / "fake.onnx"
+    f.write_bytes(fake_rtmo(640))
+    fake = onestage.OneStagePipeline(load_card("rtmo-s").with_weights(f))
+    assert not fake.nms_inside
+    fake(np.full((100, 100, 3), 20, np.uint8))
+    assert calls

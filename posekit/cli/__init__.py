@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "predict": "predict",
     "export": "export",
+    "quantize": "quantize",
     "train": "train",
     "compare": "compare",
     "check-training-parity": "check_parity",

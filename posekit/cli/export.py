@@ -49,6 +49,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--name", default=None, help="card name (default: the file's stem)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA ones")
+    from posekit.cli.quantize import add_calibration_args
+
+    p.add_argument("--int8", action="store_true",
+                   help="also write an INT8 version, FILE-int8.onnx + FILE-int8.yaml (posekit quantize; needs "
+                        "--calibration)")
+    add_calibration_args(p, required=False)
     p.set_defaults(func=run)
 
 
@@ -92,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e).strip("'\"")) from None
     if not str(args.out).lower().endswith(".onnx"):
         raise ValueError(f"--out must name a .onnx file, got {args.out!r}")
+    if getattr(args, "int8", False) and not args.calibration:
+        raise ValueError("--int8 needs --calibration DIR|ANN.json (real images to calibrate on)")
     model = _load(args, _parse_overrides(args.overrides))
     if args.random_init:
         print(f"warning: {args.model} exported with RANDOM weights (--random-init)", file=sys.stderr)
@@ -116,4 +124,8 @@ def run(args: argparse.Namespace) -> int:
                              f"model's input {size[0]}x{size[1]}; set the model's size with --set input_size=[W,H]")
         onnx_path, card_path = export_topdown_onnx(model, out, name=args.name, opset=args.opset)
     print(f"wrote {onnx_path} and its model card {card_path}")
+    if getattr(args, "int8", False):
+        from posekit.cli.quantize import quantize_from_args
+
+        quantize_from_args(args, onnx_path, card_path, Path(onnx_path).with_name(Path(onnx_path).stem + "-int8.onnx"))
     return 0

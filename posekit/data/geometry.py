@@ -311,8 +311,8 @@ def letterbox(
         ``out`` (``h x w`` like ``image``), ``M`` (2x3 float64, image -> ``out``) and ``ratio`` ``s``.
         ``M`` is exactly what ``cv2.resize`` did to the pixels in the pixel-centre convention: ``x' = sx * (x +
         0.5) - 0.5 + left`` with ``sx = nw / W`` (likewise for ``y``). YOLOX-style post-processing that divides
-        by ``ratio`` instead differs from ``invert_affine(M)`` by at most ``0.5 * |1 / s - 1|`` pixels plus the
-        rounding of ``nw``. (``cv2.INTER_NEAREST`` does not follow the pixel-centre convention; prefer
+        by ``ratio`` instead differs from ``invert_affine(M)`` by at most ``0.5 * |W / nw - 1| + (W * s - nw) / s``
+        pixels (the second term, below ``1 / s``, is the rounding of ``nw``; likewise for ``y``). (``cv2.INTER_NEAREST`` does not follow the pixel-centre convention; prefer
         ``INTER_LINEAR``/``INTER_AREA``.)
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:

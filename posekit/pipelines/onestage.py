@@ -49,6 +49,10 @@ class OneStagePipeline:
         self.score_thr = self.card.score_thr if score_thr is None else float(score_thr)
         self.nms_thr = self.card.nms_thr if nms_thr is None else float(nms_thr)
         self.timer = timer
+        # NMS is skipped when the card says the export does it, or when the file's graph has a NonMaxSuppression
+        # node (a card that does not say so would otherwise run a second, redundant pass)
+        self.nms_inside = bool(self.card.nms_inside or (isinstance(self.model, OnnxModel)
+                                                        and self.model.has_op("NonMaxSuppression")))
 
     def _stage(self, name):
         return self.timer.stage(name) if self.timer is not None else nullcontext()
@@ -64,7 +68,7 @@ class OneStagePipeline:
         dets, kpts = dets[0], kpts[0]
         ok = dets[:, 4] > self.score_thr
         dets, kpts = dets[ok], kpts[ok]
-        if len(dets) and not self.card.nms_inside:
+        if len(dets) and not self.nms_inside:
             keep = nms(dets[:, :4], dets[:, 4], self.nms_thr)
             dets, kpts = dets[keep], kpts[keep]
         order = np.argsort(-dets[:, 4], kind="stable")

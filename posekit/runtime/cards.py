@@ -141,14 +141,19 @@ class ModelCard:
         resize: ``letterbox`` (top-left), ``letterbox-center``, ``fixed`` (plain resize), ``keep-aspect-height``
             (height = ``input_size[1]``, width rounded up to ``size_multiple``) or ``crop`` (top-down affine crop).
         input_size: ``(w, h)`` model input; pad_value: letterbox fill; size_multiple: for ``keep-aspect-height``.
-        interpolation: the whole-image resize filter, ``linear`` (OpenCV's bilinear, the default) or ``area``
-            (OpenCV's pixel-area averaging: a better filter when the model input is smaller than the image).
+        interpolation: the whole-image resize filter, ``linear`` (OpenCV's bilinear, the default), ``area``
+            (OpenCV's pixel-area averaging: a better filter when the model input is smaller than the image, but slow
+            for non-integer ratios) or ``antialias`` (when shrinking, a 3x3 binomial blur, then bilinear: the
+            low-pass of ``area`` at a fraction of its cost).
         output_names: names of the outputs the kind reads, in the kind's order.
         output_layouts: per output name, a layout string (documentation and checks, e.g. ``"B,N,5"``).
         schema: keypoint schema name (``coco17``…); score_thr, nms_thr: instance score and NMS IoU thresholds.
         nms_inside: the export already applies NMS (posekit still thresholds, NMS is skipped).
         box_padding: top-down box enlargement (1.25).
         paf, simcc, heatmap, detector: kind-specific specs (None for other kinds).
+        quantization: for an INT8 file written by ``posekit quantize`` / ``export --int8``: how it was made
+            (method, calibration set, nodes kept in FP32, per-output error against the FP32 file); information
+            only, the pipelines run the file as any other (``docs/quantization.md``). None for FP32 files.
         source: the file the card was read from (for error messages).
     """
 
@@ -177,6 +182,7 @@ class ModelCard:
     simcc: SimccSpec | None = None
     heatmap: HeatmapSpec | None = None
     detector: DetectorSpec | None = None
+    quantization: Mapping[str, Any] | None = None
     source: str = "<dict>"
 
     @property
@@ -351,7 +357,7 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
         raise i.err("resize", f"'crop' is only for top-down models (simcc, heatmap), not {kind!r}")
     pad_value = i.num("pad_value", 114.0, lo=0, hi=255)
     size_multiple = i.num("size_multiple", 1, lo=1, integer=True)
-    interpolation = i.str_("interpolation", "linear", choices=("linear", "area"))
+    interpolation = i.str_("interpolation", "linear", choices=("linear", "area", "antialias"))
     i.finish()
 
     o = r.section("outputs")
@@ -444,6 +450,10 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
             raise r.err(other, f"section does not apply to kind {kind!r}")
         r.used.add(other)
 
+    quantization = r.get("quantization")
+    if quantization is not None and not isinstance(quantization, Mapping):
+        raise r.err("quantization", f"must be a mapping (written by posekit quantize), got {quantization!r}")
+
     want = 2 if kind == "detector" and detector.decode == "end2end" else (1 if kind == "detector" else len(_OUTPUTS[kind]))
     if len(out_names) != want:
         raise o.err("names", f"kind {kind!r}{' (' + detector.decode + ')' if detector else ''} reads {want} "
@@ -454,7 +464,8 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
         input_layout=layout, color=color, mean=mean, std=std, resize=resize, pad_value=pad_value,
         size_multiple=size_multiple, interpolation=interpolation, output_names=tuple(out_names), output_layouts=dict(layouts), schema=schema,
         score_thr=score_thr, nms_thr=nms_thr, nms_inside=nms_inside, box_padding=box_padding,
-        description=description, paf=paf, simcc=simcc, heatmap=heatmap, detector=detector, source=source,
+        description=description, paf=paf, simcc=simcc, heatmap=heatmap, detector=detector,
+        quantization=dict(quantization) if quantization is not None else None, source=source,
     )
 
 

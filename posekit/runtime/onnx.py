@@ -35,6 +35,7 @@ class OnnxModel:
         import onnxruntime as ort
 
         self.path = "<bytes>" if isinstance(path, (bytes, bytearray)) else str(path)
+        self._source = path
         if not isinstance(path, (bytes, bytearray)) and not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         opts = ort.SessionOptions()
@@ -98,6 +99,18 @@ class OnnxModel:
         missing = [n for n in card.output_names if n not in self.output_names]
         if missing:
             raise ValueError(f"{where}: outputs {missing} not in the file (it has {self.output_names})")
+
+    def has_op(self, op_type: str) -> bool:
+        """Whether the file's main graph has a node of ``op_type`` (e.g. ``NonMaxSuppression``: the export already
+        does NMS). Reads the graph once (weights stored outside the file are not loaded)."""
+        if not hasattr(self, "_op_types"):
+            import onnx
+
+            src = self._source
+            model = (onnx.load_from_string(bytes(src)) if isinstance(src, (bytes, bytearray))
+                     else onnx.load(str(src), load_external_data=False))
+            self._op_types = {n.op_type for n in model.graph.node}
+        return op_type in self._op_types
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run on a float32 batch; returns ``{output name: array}``. A file with a fixed batch of 1 given a larger
