@@ -704,6 +704,8 @@ class CocoPoseDataset(_DatasetBase):
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
         self.epoch = int(epoch)
+        if hasattr(self.transform, "set_epoch"):  # e.g. transforms.EpochSwitch (a recipe's second phase)
+            self.transform.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self._items)
