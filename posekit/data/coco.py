@@ -25,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "load_coco_keypoints",
     "CocoPoseDataset",
     "segmentation_to_mask",
+    "subset_keypoint_file",
 ]
 
 
@@ -773,3 +774,40 @@ class CocoPoseDataset(_DatasetBase):
     def __repr__(self) -> str:
         return (f"CocoPoseDataset({str(self.index.file)!r}, mode={self.mode!r}, samples={len(self)}, "
                 f"images={self.index.num_images}, issues={len(self.issues)})")
+
+
+def subset_keypoint_file(src: str | os.PathLike, dst: str | os.PathLike, schema: KeypointSchema,
+                         indices: Sequence[int]) -> Path:
+    """Write a copy of the COCO keypoint file ``src`` to ``dst`` keeping only the keypoints ``indices`` (in that
+    order), renamed and re-described by ``schema`` (its names and skeleton go into the person category;
+    ``num_keypoints`` is recounted). For fine-tuning to a custom keypoint set built from an existing one.
+    Written atomically."""
+    import json
+
+    from posekit.data.io import write_bytes_atomic
+
+    idx = [int(i) for i in indices]
+    if len(idx) != schema.num_keypoints:
+        raise ValueError(f"subset_keypoint_file: {len(idx)} indices for schema {schema.name!r} with "
+                         f"{schema.num_keypoints} keypoints")
+    d = _read_json(Path(src))
+    cats = [c for c in d.get("categories", []) if c.get("keypoints")]
+    if not cats:
+        raise ValueError(f"{src}: no category with keypoints")
+    k = len(cats[0]["keypoints"])
+    if any(not 0 <= i < k for i in idx):
+        raise ValueError(f"subset_keypoint_file: indices {idx} out of range for {k} keypoints in {src}")
+    cat_ids = {c["id"] for c in cats}
+    out = dict(d)
+    out["categories"] = [({**c, **schema.to_coco_category(c["id"], c.get("name", "person"))}
+                          if c["id"] in cat_ids else c) for c in d["categories"]]
+    anns = []
+    for a in d.get("annotations", []):
+        a = dict(a)
+        if a.get("category_id") in cat_ids and a.get("keypoints"):
+            kp = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)[idx]
+            a["keypoints"] = [float(v) if j % 3 < 2 else int(v) for j, v in enumerate(kp.ravel())]
+            a["num_keypoints"] = int((kp[:, 2] > 0).sum())
+        anns.append(a)
+    out["annotations"] = anns
+    return write_bytes_atomic(dst, json.dumps(out).encode())
