@@ -358,7 +358,7 @@ class TopDownTask(TrainTask):
         steps: list = []
         if o["augment"]:
             if float(o["flip_prob"]) > 0:
-                steps.append(RandomFlip(schema, float(o["flip_prob"])))
+                steps.append(RandomFlip(schema, float(o["flip_prob"]), defer_image=True))  # fused into the crop
             if float(o["half_body_prob"]) > 0 and schema.upper_body:
                 steps.append(RandomHalfBody(schema, float(o["half_body_prob"]),
                                             min_keypoints=int(o["half_body_min_keypoints"]),
@@ -483,11 +483,9 @@ class TopDownTask(TrainTask):
 
     # ------------------------------------------------------------------ batches
     def _images(self, samples: list[dict]) -> torch.Tensor:
-        img = np.stack([s["image"] for s in samples]).astype(np.float32)  # (B, H, W, 3) BGR
-        if self.bgr_to_rgb:
-            img = img[..., ::-1]
-        x = (img - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        from posekit.data.batch import images_to_nchw
+
+        return torch.from_numpy(images_to_nchw([s["image"] for s in samples], self.mean, self.std, self.bgr_to_rgb))
 
     def _collate_one(self, samples: list[dict], decoder) -> dict:
         from posekit.codecs.simcc import SimCCCodec
