@@ -726,19 +726,33 @@ class CocoPoseDataset(_DatasetBase):
         """The generator given to the transform for item ``i`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, self._check_index(i)])
 
-    def load_sample(self, i: int) -> dict:
-        """Item ``i`` before the transform (image read, arrays built, identity ``warp``)."""
+    def load_sample(self, i: int, reduce: int = 1, with_mask: bool = True) -> dict:
+        """Item ``i`` before the transform (image read, arrays built, identity ``warp``).
+
+        ``reduce`` (2, 4, 8): decode the image at that fraction of its size (:func:`posekit.data.io.read_image`)
+        and move keypoints, boxes, areas, centre/scale and ``warp`` into that frame (``x' = (x + 0.5) s - 0.5``, as
+        a resize): for pipelines that shrink the image at least that much anyway (RTMO's mosaic).
+        ``with_mask=False``: skip rasterising the bottom-up ignore mask (for pipelines that do not use it)."""
         i = self._check_index(i)
-        iid, people, ignored = self._items[i]
+        iid = self._items[i][0]
         info = self.index.image_info(iid)
         path = self.index.image_path(iid)
-        image = read_image(path)
         h, w = info["height"], info["width"]
+        image = read_image(path, reduce=reduce)
+        if reduce != 1:
+            return self._reduced(self._arrays(i, image, with_mask), image, w, h)
         if image.shape[:2] != (h, w):
             raise ValueError(
                 f"image {path} is {image.shape[1]}x{image.shape[0]} but {self.index.file} says {w}x{h} "
                 f"(image id {iid}); the annotations would not match it"
             )
+        return self._arrays(i, image, with_mask)
+
+    def _arrays(self, i: int, image: np.ndarray, with_mask: bool) -> dict:
+        iid, people, ignored = self._items[i]
+        info = self.index.image_info(iid)
+        path = self.index.image_path(iid)
+        h, w = info["height"], info["width"]
         k = self.schema.num_keypoints
         kps = (np.stack([self.index.keypoints_of(a) for a in people]) if people else np.zeros((0, k, 3), np.float32))
         boxes = np.stack([self.index.box_of(a) for a in people]) if people else np.zeros((0, 4), np.float32)
@@ -753,7 +767,8 @@ class CocoPoseDataset(_DatasetBase):
             "warp": np.eye(2, 3, dtype=np.float64),
         }
         if self.mode == "bottomup":
-            sample["mask"] = _ignore_mask(ignored, h, w)
+            if with_mask:
+                sample["mask"] = _ignore_mask(ignored, h, w)
         else:
             from posekit.data.geometry import box_xyxy_to_cs
 
@@ -761,6 +776,32 @@ class CocoPoseDataset(_DatasetBase):
             sample["center"] = np.asarray(centers, np.float32).reshape(-1, 2)[0]
             sample["scale"] = np.asarray(scales, np.float32).reshape(-1, 2)[0]
         return sample
+
+    @staticmethod
+    def _reduced(sample: dict, image: np.ndarray, w: int, h: int) -> dict:
+        from posekit.data.geometry import apply_affine, compose_affine
+
+        rh, rw = image.shape[:2]
+        sx, sy = rw / w, rh / h
+        S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        out = dict(sample, image=image)
+        kp = np.array(sample["keypoints"], np.float32, copy=True)
+        kp[..., :2] = apply_affine(kp[..., :2].astype(np.float64), S)
+        out["keypoints"] = kp
+        b = np.array(sample["boxes"], np.float32, copy=True)
+        b[:, 0::2] = (b[:, 0::2] + 0.5) * sx - 0.5
+        b[:, 1::2] = (b[:, 1::2] + 0.5) * sy - 0.5
+        out["boxes"] = b
+        out["areas"] = (np.asarray(sample["areas"], np.float64) * sx * sy).astype(np.float32)
+        if "mask" in sample:
+            import cv2
+
+            out["mask"] = cv2.resize(sample["mask"], (rw, rh), interpolation=cv2.INTER_NEAREST)
+        if "center" in sample:
+            out["center"] = apply_affine(np.asarray(sample["center"], np.float64), S).astype(np.float32)
+            out["scale"] = (np.asarray(sample["scale"], np.float64) * [sx, sy]).astype(np.float32)
+        out["warp"] = compose_affine(S, np.asarray(sample["warp"], np.float64))
+        return out
 
     def __getitem__(self, i: int) -> dict:
         sample = self.load_sample(i)
