@@ -57,15 +57,13 @@ def load_matching(model: nn.Module, source, include: Sequence[str] = (), exclude
 
     where = "checkpoint"
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
-        where = str(path)
+        from posekit.models.checkpoints import read_checkpoint
+
+        where = str(source)
         try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, truncated, unpicklable objects
-            raise ValueError(f"model.init_from: {path}: cannot read as a torch checkpoint "
-                             f"({type(e).__name__}: {e})") from None
+            source = read_checkpoint(source)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"model.init_from: {e}") from None
     state = _state_of(source, where)
     convert = getattr(model, "convert_official_state_dict", None)
     if convert is not None:

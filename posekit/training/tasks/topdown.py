@@ -42,7 +42,13 @@ other stats) per decoder on its own validation file, and ``AP`` = their mean.
 ``data.options`` (all optional): ``augment`` (true), ``flip_prob`` (0.5), ``half_body_prob`` (0.3),
 ``shift_factor`` (0.16), ``shift_prob`` (0.3), ``scale_range`` ([0.75, 1.25]), ``rot_factor`` (80 degrees),
 ``rot_prob`` (0.6), ``min_keypoints`` (1), ``bbox_padding`` (1.25), ``udp`` (null: from the codec),
-``datasets`` (see above).
+``datasets`` (see above), ``half_body_min_keypoints`` (8; MMPose: 9), ``half_body_upper_prob`` (0.5; MMPose: 0.7),
+the RTMPose photometric set applied to the crop: ``hsv_aug`` (false), ``blur_prob`` (0), ``median_blur_prob`` (0),
+``coarse_dropout_prob`` (0) (:mod:`posekit.data.transforms`), and a second augmentation phase: ``stage2_epoch``
+(0-based, null: none) with ``stage2`` (the options that change from then on; MMDet's ``PipelineSwitchHook``).
+
+``data.schema``: a keypoint schema file (or name) used instead of the annotation file's category (single dataset);
+it is saved in every checkpoint (``checkpoint["schema"]``) for export and loading.
 
 ``task_options`` (all optional): ``flip_test`` (true), ``eval_batch_size`` (64), ``dark`` (false: true switches MSRA
 heatmap codecs -- SimpleBaseline, CPM, Hourglass, CPN -- to DARK: uncut Gaussians centred on the exact position and
