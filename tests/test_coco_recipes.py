@@ -185,9 +185,10 @@ def test_rtmo_encoder_lr_mult():
 
 
 # ------------------------------------------------------------------------------------------------ 2 steps on COCO
-#: recipes run in the default suite (full published input size); the rest are ``slow`` (several seconds per step
-#: on a shared 2-core CPU: ResNet-50 / ViT-B / Hourglass / CPM / CMU-VGG / RTMO-m,l / RTMPose-m,l)
-DEFAULT_RUNS = ("rtmpose-t", "rtmpose-s", "rtmo-s")
+#: recipes run in the default suite (full published input sizes; ~35 s together on an idle 2-core machine); the
+#: rest are ``slow`` (Hourglass-52 14 s, CPM 19 s, RTMO-m 11 s, RTMO-l 23 s, OpenPose-CMU at 368x368 34 s)
+DEFAULT_RUNS = ("rtmpose-t", "rtmpose-s", "rtmpose-m", "rtmpose-l", "rtmo-s", "simplebaseline-r50", "vitpose-b",
+                "cpn-r50")
 
 
 def _two_steps(name, tmp_path, shared):
