@@ -86,6 +86,28 @@ def _load(args, overrides: dict | None):
     return load_preset(args.model, args.weights, overrides, use_ema=not args.no_ema)
 
 
+def _card_schema(saved, out):
+    """The card's ``schema``: None (the built-in schema with the model's keypoint count) when the checkpoint saved
+    none or a built-in one; for a custom schema, its YAML written beside the card (``<out>.schema.yaml``) and that
+    file name (the card loader resolves it from the card's folder)."""
+    if not saved:
+        return None
+    import yaml
+
+    from posekit.data.io import write_bytes_atomic
+    from posekit.schema import KeypointSchema, get_schema
+
+    schema = KeypointSchema.from_dict(saved, source="checkpoint schema")
+    try:
+        if get_schema(schema.name).to_dict() == schema.to_dict():
+            return schema.name
+    except (KeyError, ValueError, FileNotFoundError):
+        pass
+    path = out.with_suffix(".schema.yaml")
+    write_bytes_atomic(path, yaml.safe_dump(schema.to_dict(), sort_keys=False).encode())
+    return path.name
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -122,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         if args.input_size is not None and tuple(args.input_size) != size:
             raise ValueError(f"--input-size {args.input_size[0]}x{args.input_size[1]} differs from the top-down "
                              f"model's input {size[0]}x{size[1]}; set the model's size with --set input_size=[W,H]")
-        onnx_path, card_path = export_topdown_onnx(model, out, name=args.name, opset=args.opset)
+        onnx_path, card_path = export_topdown_onnx(model, out, name=args.name, opset=args.opset,
+                                                   schema=_card_schema(settings.get("schema"), out))
     print(f"wrote {onnx_path} and its model card {card_path}")
     if getattr(args, "int8", False):
         from posekit.cli.quantize import quantize_from_args

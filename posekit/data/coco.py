@@ -25,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ __all__ = [
     "load_coco_keypoints",
     "CocoPoseDataset",
     "segmentation_to_mask",
+    "subset_keypoint_file",
 ]
 
 
@@ -703,6 +704,8 @@ class CocoPoseDataset:
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
         self.epoch = int(epoch)
+        if hasattr(self.transform, "set_epoch"):  # e.g. transforms.EpochSwitch (a recipe's second phase)
+            self.transform.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -722,19 +725,33 @@ class CocoPoseDataset:
         """The generator given to the transform for item ``i`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, self._check_index(i)])
 
-    def load_sample(self, i: int) -> dict:
-        """Item ``i`` before the transform (image read, arrays built, identity ``warp``)."""
+    def load_sample(self, i: int, reduce: int = 1, with_mask: bool = True) -> dict:
+        """Item ``i`` before the transform (image read, arrays built, identity ``warp``).
+
+        ``reduce`` (2, 4, 8): decode the image at that fraction of its size (:func:`posekit.data.io.read_image`)
+        and move keypoints, boxes, areas, centre/scale and ``warp`` into that frame (``x' = (x + 0.5) s - 0.5``, as
+        a resize): for pipelines that shrink the image at least that much anyway (RTMO's mosaic).
+        ``with_mask=False``: skip rasterising the bottom-up ignore mask (for pipelines that do not use it)."""
         i = self._check_index(i)
-        iid, people, ignored = self._items[i]
+        iid = self._items[i][0]
         info = self.index.image_info(iid)
         path = self.index.image_path(iid)
-        image = read_image(path)
         h, w = info["height"], info["width"]
+        image = read_image(path, reduce=reduce)
+        if reduce != 1:
+            return self._reduced(self._arrays(i, image, with_mask), image, w, h)
         if image.shape[:2] != (h, w):
             raise ValueError(
                 f"image {path} is {image.shape[1]}x{image.shape[0]} but {self.index.file} says {w}x{h} "
                 f"(image id {iid}); the annotations would not match it"
             )
+        return self._arrays(i, image, with_mask)
+
+    def _arrays(self, i: int, image: np.ndarray, with_mask: bool) -> dict:
+        iid, people, ignored = self._items[i]
+        info = self.index.image_info(iid)
+        path = self.index.image_path(iid)
+        h, w = info["height"], info["width"]
         k = self.schema.num_keypoints
         kps = (np.stack([self.index.keypoints_of(a) for a in people]) if people else np.zeros((0, k, 3), np.float32))
         boxes = np.stack([self.index.box_of(a) for a in people]) if people else np.zeros((0, 4), np.float32)
@@ -749,7 +766,8 @@ class CocoPoseDataset:
             "warp": np.eye(2, 3, dtype=np.float64),
         }
         if self.mode == "bottomup":
-            sample["mask"] = _ignore_mask(ignored, h, w)
+            if with_mask:
+                sample["mask"] = _ignore_mask(ignored, h, w)
         else:
             from posekit.data.geometry import box_xyxy_to_cs
 
@@ -757,6 +775,32 @@ class CocoPoseDataset:
             sample["center"] = np.asarray(centers, np.float32).reshape(-1, 2)[0]
             sample["scale"] = np.asarray(scales, np.float32).reshape(-1, 2)[0]
         return sample
+
+    @staticmethod
+    def _reduced(sample: dict, image: np.ndarray, w: int, h: int) -> dict:
+        from posekit.data.geometry import apply_affine, compose_affine
+
+        rh, rw = image.shape[:2]
+        sx, sy = rw / w, rh / h
+        S = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        out = dict(sample, image=image)
+        kp = np.array(sample["keypoints"], np.float32, copy=True)
+        kp[..., :2] = apply_affine(kp[..., :2].astype(np.float64), S)
+        out["keypoints"] = kp
+        b = np.array(sample["boxes"], np.float32, copy=True)
+        b[:, 0::2] = (b[:, 0::2] + 0.5) * sx - 0.5
+        b[:, 1::2] = (b[:, 1::2] + 0.5) * sy - 0.5
+        out["boxes"] = b
+        out["areas"] = (np.asarray(sample["areas"], np.float64) * sx * sy).astype(np.float32)
+        if "mask" in sample:
+            import cv2
+
+            out["mask"] = cv2.resize(sample["mask"], (rw, rh), interpolation=cv2.INTER_NEAREST)
+        if "center" in sample:
+            out["center"] = apply_affine(np.asarray(sample["center"], np.float64), S).astype(np.float32)
+            out["scale"] = (np.asarray(sample["scale"], np.float64) * [sx, sy]).astype(np.float32)
+        out["warp"] = compose_affine(S, np.asarray(sample["warp"], np.float64))
+        return out
 
     def __getitem__(self, i: int) -> dict:
         sample = self.load_sample(i)
@@ -770,3 +814,40 @@ class CocoPoseDataset:
     def __repr__(self) -> str:
         return (f"CocoPoseDataset({str(self.index.file)!r}, mode={self.mode!r}, samples={len(self)}, "
                 f"images={self.index.num_images}, issues={len(self.issues)})")
+
+
+def subset_keypoint_file(src: str | os.PathLike, dst: str | os.PathLike, schema: KeypointSchema,
+                         indices: Sequence[int]) -> Path:
+    """Write a copy of the COCO keypoint file ``src`` to ``dst`` keeping only the keypoints ``indices`` (in that
+    order), renamed and re-described by ``schema`` (its names and skeleton go into the person category;
+    ``num_keypoints`` is recounted). For fine-tuning to a custom keypoint set built from an existing one.
+    Written atomically."""
+    import json
+
+    from posekit.data.io import write_bytes_atomic
+
+    idx = [int(i) for i in indices]
+    if len(idx) != schema.num_keypoints:
+        raise ValueError(f"subset_keypoint_file: {len(idx)} indices for schema {schema.name!r} with "
+                         f"{schema.num_keypoints} keypoints")
+    d = _read_json(Path(src))
+    cats = [c for c in d.get("categories", []) if c.get("keypoints")]
+    if not cats:
+        raise ValueError(f"{src}: no category with keypoints")
+    k = len(cats[0]["keypoints"])
+    if any(not 0 <= i < k for i in idx):
+        raise ValueError(f"subset_keypoint_file: indices {idx} out of range for {k} keypoints in {src}")
+    cat_ids = {c["id"] for c in cats}
+    out = dict(d)
+    out["categories"] = [({**c, **schema.to_coco_category(c["id"], c.get("name", "person"))}
+                          if c["id"] in cat_ids else c) for c in d["categories"]]
+    anns = []
+    for a in d.get("annotations", []):
+        a = dict(a)
+        if a.get("category_id") in cat_ids and a.get("keypoints"):
+            kp = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)[idx]
+            a["keypoints"] = [float(v) if j % 3 < 2 else int(v) for j, v in enumerate(kp.ravel())]
+            a["num_keypoints"] = int((kp[:, 2] > 0).sum())
+        anns.append(a)
+    out["annotations"] = anns
+    return write_bytes_atomic(dst, json.dumps(out).encode())

@@ -36,13 +36,23 @@ __all__ = [
     "RandomAffine",
     "Letterbox",
     "ColorJitter",
+    "HSVRandomAug",
+    "RandomBlur",
+    "CoarseDropout",
+    "EpochSwitch",
     "apply_affine_to_sample",
 ]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+_FLIP_AWARE = ("RandomFlip", "RandomHalfBody", "RandomBBoxTransform", "TopDownAffine", "RandomAffine")
+
+
 def _check_sample(sample: dict, who: str, need_cs: bool = False) -> tuple[int, int]:
     """Validate the fields a transform uses; returns the image ``(w, h)``."""
+    if sample.get("flip_pending") and who not in _FLIP_AWARE:
+        raise ValueError(f"{who}: the sample has a deferred flip (RandomFlip(defer_image=True)); put an affine "
+                         f"transform (TopDownAffine, RandomAffine) between the flip and {who}")
     if not isinstance(sample, dict):
         raise ValueError(f"{who}: sample must be a dict, got {type(sample).__name__}")
     img = sample.get("image")
@@ -105,7 +115,13 @@ def apply_affine_to_sample(
     M = np.asarray(M, dtype=np.float64)
     w, h = G._as_size(out_size, "out_size")
     out = dict(sample)
-    out["image"] = G.warp_image(sample["image"], M, (w, h), border_value, interpolation) if image is None else image
+    M_img = M
+    if out.pop("flip_pending", False):  # RandomFlip(defer_image=True): flip and warp in one pass
+        if image is not None:
+            raise ValueError("apply_affine_to_sample: a deferred flip needs the image to be warped here")
+        W = sample["image"].shape[1]
+        M_img = G.compose_affine(M, np.array([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]]))
+    out["image"] = G.warp_image(sample["image"], M_img, (w, h), border_value, interpolation) if image is None else image
     if sample.get("keypoints") is not None:
         kp = np.array(sample["keypoints"], dtype=np.float32, copy=True)
         xy = G.apply_affine(kp[..., :2].astype(np.float64), M)
@@ -169,14 +185,20 @@ class Compose:
 # -------------------------------------------------------------------------------------------------- flip
 class RandomFlip:
     """Horizontal flip with probability ``prob``: ``x' = W - 1 - x``; left/right keypoints swap with
-    ``schema.flip_index``; boxes, mask, top-down ``center`` flip too and ``rotation`` changes sign."""
+    ``schema.flip_index``; boxes, mask, top-down ``center`` flip too and ``rotation`` changes sign.
 
-    def __init__(self, schema: KeypointSchema, prob: float = 0.5):
+    ``defer_image=True``: the image is not copied; ``sample["flip_pending"]`` records the flip and the next affine
+    (:class:`TopDownAffine`, :class:`RandomAffine`) samples the stored image through the composed matrix, one
+    ``warpAffine`` for flip + crop (the same sampling points; no full-size flipped copy). Only the geometric
+    transforms that do not read pixels may run in between (others raise)."""
+
+    def __init__(self, schema: KeypointSchema, prob: float = 0.5, defer_image: bool = False):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"RandomFlip: prob must be in [0, 1], got {prob!r}")
         self.schema = schema
         self.prob = float(prob)
         self.flip_index = np.asarray(schema.flip_index)
+        self.defer_image = bool(defer_image)
 
     def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
         rng = _rng(rng)
@@ -189,7 +211,10 @@ class RandomFlip:
         """Flip unconditionally."""
         w, h = _check_sample(sample, "RandomFlip")
         out = dict(sample)
-        out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+        if self.defer_image:  # fused into the next affine's single warpAffine (see apply_affine_to_sample)
+            out["flip_pending"] = not sample.get("flip_pending", False)
+        else:
+            out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
         if sample.get("mask") is not None:
             out["mask"] = np.ascontiguousarray(sample["mask"][:, ::-1])
         if sample.get("keypoints") is not None:
@@ -531,3 +556,125 @@ class ColorJitter:
     def __repr__(self) -> str:
         return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
                 f"saturation={self.saturation}, hue={self.hue})")
+
+
+# ------------------------------------------------------------------------------------------------ RTMPose/RTMO photometric set
+# The photometric augmentations of the RTMPose and RTMO recipes (MMDet's ``YOLOXHSVRandomAug``, Albumentations'
+# ``Blur``, ``MedianBlur`` and ``CoarseDropout`` as MMPose's ``Albumentation`` wrapper calls them: on the image
+# only). Each is a couple of OpenCV / NumPy calls, so they are written here rather than adding Albumentations and
+# MMDet as dependencies; the draws follow those libraries' definitions.
+class HSVRandomAug:
+    """YOLOX HSV jitter (MMDet ``YOLOXHSVRandomAug``): gains ``uniform(-1, 1) * (hue_delta, saturation_delta,
+    value_delta)``, each kept with probability 1/2, truncated to integers, added to OpenCV's 8-bit HSV (hue modulo
+    180, saturation and value clipped to [0, 255])."""
+
+    def __init__(self, hue_delta: int = 5, saturation_delta: int = 30, value_delta: int = 30):
+        self.deltas = np.array([hue_delta, saturation_delta, value_delta], np.float64)
+        if (self.deltas < 0).any():
+            raise ValueError(f"HSVRandomAug: deltas must be >= 0, got {self.deltas.tolist()}")
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = _rng(rng)
+        _check_sample(sample, "HSVRandomAug")
+        gains = rng.uniform(-1, 1, 3) * self.deltas * rng.integers(0, 2, 3)
+        gains = gains.astype(np.int16)
+        out = dict(sample)
+        if not gains.any():
+            return out
+        # per-channel look-up tables: the same integers as adding the gains in int16, about 4x faster
+        x = np.arange(256, dtype=np.int16)
+        luts = [((x + gains[0]) % 180).astype(np.uint8), np.clip(x + gains[1], 0, 255).astype(np.uint8),
+                np.clip(x + gains[2], 0, 255).astype(np.uint8)]
+        h, s, v = cv2.split(cv2.cvtColor(sample["image"], cv2.COLOR_BGR2HSV))
+        hsv = cv2.merge([cv2.LUT(h, luts[0]), cv2.LUT(s, luts[1]), cv2.LUT(v, luts[2])])
+        out["image"] = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        return out
+
+    def __repr__(self) -> str:
+        return f"HSVRandomAug(deltas={self.deltas.astype(int).tolist()})"
+
+
+class RandomBlur:
+    """With probability ``prob``: a box blur (``median=False``, Albumentations ``Blur``) or a median blur
+    (``median=True``, ``MedianBlur``) with an odd kernel size drawn from ``[3, max_kernel]``."""
+
+    def __init__(self, prob: float = 0.1, max_kernel: int = 7, median: bool = False):
+        if not 0.0 <= prob <= 1.0 or max_kernel < 3:
+            raise ValueError(f"RandomBlur: prob must be in [0, 1] and max_kernel >= 3, got {prob!r}, {max_kernel!r}")
+        self.prob, self.max_kernel, self.median = float(prob), int(max_kernel), bool(median)
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = _rng(rng)
+        _check_sample(sample, "RandomBlur")
+        out = dict(sample)
+        if not rng.random() < self.prob:
+            return out
+        k = int(rng.choice(np.arange(3, self.max_kernel + 1, 2)))
+        img = sample["image"]
+        out["image"] = cv2.medianBlur(img, k) if self.median else cv2.blur(img, (k, k))
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomBlur(prob={self.prob}, max_kernel={self.max_kernel}, median={self.median})"
+
+
+class CoarseDropout:
+    """With probability ``prob``: ``holes`` (drawn from ``[min_holes, max_holes]``) rectangles filled with
+    ``fill``; each is ``h x w`` with ``h`` drawn from ``[min_height, max_height] * H`` and ``w`` likewise (fractions of
+    the image, Albumentations ``CoarseDropout``), at a uniform position inside the image. Image only: keypoints
+    under a hole keep their labels (the network learns to infer occluded joints)."""
+
+    def __init__(self, prob: float = 1.0, min_holes: int = 1, max_holes: int = 1, min_height: float = 0.2,
+                 max_height: float = 0.4, min_width: float = 0.2, max_width: float = 0.4, fill: int = 0):
+        if not 0.0 <= prob <= 1.0 or not 1 <= min_holes <= max_holes:
+            raise ValueError(f"CoarseDropout: prob must be in [0, 1] and 1 <= min_holes <= max_holes, got "
+                             f"{prob!r}, {min_holes!r}, {max_holes!r}")
+        if not (0 < min_height <= max_height <= 1 and 0 < min_width <= max_width <= 1):
+            raise ValueError(f"CoarseDropout: sizes must be fractions 0 < min <= max <= 1, got "
+                             f"{(min_height, max_height, min_width, max_width)!r}")
+        self.prob = float(prob)
+        self.holes = (int(min_holes), int(max_holes))
+        self.heights = (float(min_height), float(max_height))
+        self.widths = (float(min_width), float(max_width))
+        self.fill = fill
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = _rng(rng)
+        W, H = _check_sample(sample, "CoarseDropout")
+        out = dict(sample)
+        if not rng.random() < self.prob:
+            return out
+        img = sample["image"].copy()
+        for _ in range(int(rng.integers(self.holes[0], self.holes[1] + 1))):
+            h = int(rng.integers(int(self.heights[0] * H), int(self.heights[1] * H) + 1))
+            w = int(rng.integers(int(self.widths[0] * W), int(self.widths[1] * W) + 1))
+            y = int(rng.integers(0, max(H - h, 0) + 1))
+            x = int(rng.integers(0, max(W - w, 0) + 1))
+            img[y:y + h, x:x + w] = self.fill
+        out["image"] = img
+        return out
+
+    def __repr__(self) -> str:
+        return f"CoarseDropout(prob={self.prob}, holes={self.holes}, heights={self.heights}, widths={self.widths})"
+
+
+class EpochSwitch:
+    """Two transform pipelines and the epoch (0-based) from which the second one is used (MMDet's
+    ``PipelineSwitchHook``): ``set_epoch(e)`` picks; the dataset calls it through its own ``set_epoch``."""
+
+    def __init__(self, first, second, switch_epoch: int):
+        self.first, self.second, self.switch_epoch = first, second, int(switch_epoch)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def active(self):
+        return self.second if self.epoch >= self.switch_epoch else self.first
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        return self.active(sample, rng)
+
+    def __repr__(self) -> str:
+        return f"EpochSwitch(at epoch {self.switch_epoch}: {self.first!r} -> {self.second!r})"

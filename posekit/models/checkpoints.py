@@ -195,12 +195,30 @@ def load_preset(preset: str, weights: str | Path, overrides: Optional[Mapping[st
     if family == "rtmo":
         return load_rtmo_checkpoint(preset, weights, overrides, use_ema=use_ema, checkpoint=checkpoint)
     path = Path(weights)
-    state, saved, cfg = training_parts(read_checkpoint(path) if checkpoint is None else checkpoint, use_ema)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
+    state, saved, cfg = training_parts(ckpt, use_ema)
     _check_trained_as(cfg, preset, path)
     over = _tuples(overrides) if overrides is not None else _topdown_trained_overrides(preset, _tuples(saved), cfg)
+    over = {**_trained_schema(preset, ckpt), **over}
     model = build_model(preset, **over)
     load_weights(model, state)
     return model.eval()
+
+
+def _trained_schema(preset: str, ckpt: Any) -> dict:
+    """``{"schema": KeypointSchema}`` (and ``num_keypoints`` for the multi-stage families) when a top-down
+    training checkpoint saved the keypoint schema it was trained for (a custom schema: ``data.schema``); else {}."""
+    from posekit.models.topdown_presets import topdown_family
+    from posekit.schema import KeypointSchema
+
+    d = ckpt.get("schema") if isinstance(ckpt, Mapping) else None
+    if not isinstance(d, Mapping):
+        return {}
+    schema = KeypointSchema.from_dict(d, source="checkpoint schema")
+    out: dict = {"schema": schema}
+    if topdown_family(preset) in ("cpm", "hourglass", "cpn"):
+        out["num_keypoints"] = schema.num_keypoints
+    return out
 
 
 def _topdown_trained_overrides(preset: str, saved: dict, cfg: Mapping) -> dict:
@@ -234,8 +252,9 @@ def trained_overrides(preset: str, weights: str | Path, use_ema: bool = True, ch
 
 
 def checkpoint_settings(weights: Any) -> dict:
-    """What a posekit training checkpoint says about running the model: ``input_size`` (``data.input_size``) and,
-    for the ``openpose`` task, the association ``paf_params`` its evaluation used. Empty for other files.
+    """What a posekit training checkpoint says about running the model: ``input_size`` (``data.input_size``), the
+    keypoint ``schema`` (a dict) when the task saved it and, for the ``openpose`` task, the association
+    ``paf_params`` its evaluation used. Empty for other files.
     ``weights``: the file, or its content already read (:func:`read_checkpoint`)."""
     from posekit.association.params import DEFAULT_EVAL_PARAMS
 
@@ -252,6 +271,8 @@ def checkpoint_settings(weights: Any) -> dict:
         size = (cfg.get("data") or {}).get("input_size")
         if size:
             out["input_size"] = tuple(int(v) for v in size)
+        if isinstance(ckpt.get("schema"), Mapping):
+            out["schema"] = dict(ckpt["schema"])
         if cfg.get("task") == "openpose":
             out["paf_params"] = {**DEFAULT_EVAL_PARAMS,
                                  **dict((cfg.get("task_options") or {}).get("paf_params") or {})}

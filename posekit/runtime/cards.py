@@ -375,6 +375,9 @@ def card_from_dict(d: Mapping, source: str = "<dict>") -> ModelCard:
     o.finish()
 
     schema = r.str_("schema", "coco17")
+    if (schema.lower().endswith((".yaml", ".yml", ".json")) and not Path(schema).is_absolute()
+            and source != "<dict>" and Path(source).exists()):  # a custom schema file beside the card
+        schema = str(Path(source).resolve().parent / schema)
     if kind != "detector":
         from posekit.schema import get_schema
 

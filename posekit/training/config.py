@@ -41,15 +41,27 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
-    """The network: a preset ``name`` understood by the task's ``build_model`` and keyword ``overrides``."""
+    """The network: a preset ``name`` understood by the task's ``build_model`` and keyword ``overrides``.
+
+    Fine-tuning: ``init_from`` (a posekit training checkpoint, an official MMPose/ViTPose checkpoint or a plain
+    state_dict) is loaded into the freshly built model before training (not on ``--resume``): every tensor whose
+    name and shape fit is copied, the others keep their initialisation, and the run logs what was loaded and what
+    was skipped and why (:mod:`posekit.training.finetune`). ``init_keys``: regular expressions; when given, only
+    checkpoint keys matching one of them are considered. ``init_exclude``: keys matching one of these are skipped."""
 
     name: str = ""
     overrides: dict = field(default_factory=dict)
+    init_from: str = ""
+    init_keys: list[str] = field(default_factory=list)
+    init_exclude: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DataConfig:
-    """Datasets. ``input_size`` is the model input ``[w, h]`` in pixels; ``options`` holds task-specific keys."""
+    """Datasets. ``input_size`` is the model input ``[w, h]`` in pixels; ``options`` holds task-specific keys.
+    ``schema``: a keypoint schema file (YAML/JSON: names, skeleton, flip pairs, sigmas; see
+    :meth:`posekit.schema.KeypointSchema.from_file`) or a built-in name, used instead of the annotation file's
+    category (empty: the file's category)."""
 
     train_ann: str = ""
     train_images: str = ""
@@ -57,13 +69,19 @@ class DataConfig:
     val_images: str = ""
     input_size: list[int] = field(default_factory=lambda: [64, 64])
     options: dict = field(default_factory=dict)
+    schema: str = ""
 
 
 @dataclass
 class OptimConfig:
-    """Optimiser. ``name``: ``adamw`` or ``sgd``. ``grad_clip``: max global L2 norm of the gradients (0: off).
+    """Optimiser. ``name``: ``adamw``, ``adam`` (L2 weight decay added to the gradient, as ``torch.optim.Adam``)
+    or ``sgd``. ``grad_clip``: max global L2 norm of the gradients (0: off).
     ``amp``: ``off``, ``bf16`` or ``fp16`` autocast (CUDA only; ignored on CPU; fp16 uses a GradScaler).
-    ``no_decay_1d``: no weight decay on 1-D parameters (biases, norm scales)."""
+    ``no_decay_1d``: no weight decay on 1-D parameters (biases, norm scales); ``no_decay_keys``: nor on parameters
+    whose name contains one of these strings (``pos_embed``). ``lr_mult``: ``{name prefix: factor}`` on the
+    learning rate (RTMO: ``{neck.encoder: 0.05}``). ``layer_decay`` (< 1: on): layer-wise learning-rate decay of a
+    ViT backbone with ``layer_decay_num_layers`` blocks (ViTPose/MAE: block ``i`` gets
+    ``layer_decay ** (num_layers - i)``, the patch embedding ``layer_decay ** (num_layers + 1)``, the head 1)."""
 
     name: str = "adamw"
     lr: float = 1e-3
@@ -74,13 +92,20 @@ class OptimConfig:
     grad_clip: float = 0.0
     amp: str = "off"
     no_decay_1d: bool = True
+    no_decay_keys: list[str] = field(default_factory=list)
+    lr_mult: dict = field(default_factory=dict)
+    layer_decay: float = 1.0
+    layer_decay_num_layers: int = 0
 
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule per optimiser step: linear warm-up from ``warmup_start_factor * lr`` over
-    ``warmup_steps``, then ``cosine`` (to ``min_lr_ratio * lr`` at the last step), ``step`` (times ``gamma`` at
-    each epoch in ``milestones``) or ``constant``."""
+    """Learning-rate schedule per optimiser step: linear (or ``warmup_kind: quadratic``) warm-up from
+    ``warmup_start_factor * lr`` over ``warmup_steps`` (or ``warmup_epochs`` epochs when > 0), then ``cosine`` (to
+    ``min_lr_ratio * lr`` at the last step), ``step`` (times ``gamma`` at each epoch in ``milestones``, or every
+    ``step_size_steps`` optimiser steps when > 0: Caffe's ``step`` policy), ``constant`` or ``piecewise``:
+    ``phases``, a list of ``{end_epoch, kind: constant|cosine, start, end}`` factors (a phase runs from the previous
+    one's ``end_epoch``; ``constant`` uses ``start``), the published multi-phase schedules of RTMPose and RTMO."""
 
     name: str = "cosine"
     warmup_steps: int = 0
@@ -88,6 +113,10 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.01
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    warmup_kind: str = "linear"
+    warmup_epochs: float = 0.0
+    step_size_steps: int = 0
+    phases: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -151,15 +180,26 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check values that types cannot; raises ValueError naming the field."""
         checks = [
-            (self.optim.name in ("adamw", "sgd"), "optim.name", "must be 'adamw' or 'sgd'", self.optim.name),
+            (self.optim.name in ("adamw", "adam", "sgd"), "optim.name", "must be 'adamw', 'adam' or 'sgd'",
+             self.optim.name),
+            (0 < self.optim.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]", self.optim.layer_decay),
+            (self.optim.layer_decay == 1 or self.optim.layer_decay_num_layers > 0, "optim.layer_decay_num_layers",
+             "must be > 0 when optim.layer_decay < 1", self.optim.layer_decay_num_layers),
             (self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr),
             (self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.optim.weight_decay),
             (len(self.optim.betas) == 2, "optim.betas", "must have 2 values", self.optim.betas),
             (self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0", self.optim.grad_clip),
             (self.optim.amp in ("off", "bf16", "fp16"), "optim.amp", "must be 'off', 'bf16' or 'fp16'",
              self.optim.amp),
-            (self.schedule.name in ("cosine", "step", "constant"), "schedule.name",
-             "must be 'cosine', 'step' or 'constant'", self.schedule.name),
+            (self.schedule.name in ("cosine", "step", "constant", "piecewise"), "schedule.name",
+             "must be 'cosine', 'step', 'constant' or 'piecewise'", self.schedule.name),
+            (self.schedule.warmup_kind in ("linear", "quadratic"), "schedule.warmup_kind",
+             "must be 'linear' or 'quadratic'", self.schedule.warmup_kind),
+            (self.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0", self.schedule.warmup_epochs),
+            (self.schedule.step_size_steps >= 0, "schedule.step_size_steps", "must be >= 0",
+             self.schedule.step_size_steps),
+            (self.schedule.name != "piecewise" or bool(self.schedule.phases), "schedule.phases",
+             "must list the phases of a 'piecewise' schedule", self.schedule.phases),
             (self.schedule.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.schedule.warmup_steps),
             (0 < self.schedule.warmup_start_factor <= 1, "schedule.warmup_start_factor", "must be in (0, 1]",
              self.schedule.warmup_start_factor),
@@ -185,6 +225,16 @@ class TrainConfig:
         for ok, name, what, value in checks:
             if not ok:
                 raise ValueError(f"config field '{name}' {what}, got {value!r}")
+        prev = 0.0
+        for i, ph in enumerate(self.schedule.phases):
+            where = f"schedule.phases[{i}]"
+            if not isinstance(ph, Mapping) or set(ph) - {"end_epoch", "kind", "start", "end"} or "end_epoch" not in ph:
+                raise ValueError(f"config field '{where}' must be a mapping with end_epoch and optional kind "
+                                 f"(constant/cosine), start, end; got {ph!r}")
+            if ph.get("kind", "constant") not in ("constant", "cosine") or not float(ph["end_epoch"]) > prev:
+                raise ValueError(f"config field '{where}': kind must be constant or cosine and end_epoch must "
+                                 f"increase, got {ph!r}")
+            prev = float(ph["end_epoch"])
         if any(m < 0 for m in self.schedule.milestones) or list(self.schedule.milestones) != sorted(
                 self.schedule.milestones):
             raise ValueError(f"config field 'schedule.milestones' must be increasing epochs >= 0, "

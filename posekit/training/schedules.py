@@ -10,33 +10,77 @@ import math
 
 from posekit.training.config import ScheduleConfig
 
-__all__ = ["lr_factor", "LRSchedule"]
+__all__ = ["lr_factor", "LRSchedule", "warmup_steps_of"]
 
 
 def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:
     """The multiplier of the base learning rate for optimiser step ``step`` (0-based, the step about to run).
 
-    Warm-up: ``start + (1 - start) * step / warmup_steps`` for ``step < warmup_steps``. Then
+    Warm-up: ``start + (1 - start) * step / warmup_steps`` for ``step < warmup_steps`` (quadratic:
+    ``((step + 1) / warmup_steps)^2``; ``warmup_epochs`` counts in epochs). Then
     ``cosine``: from 1 at ``warmup_steps`` to ``min_lr_ratio`` at ``total_steps - 1``;
-    ``step``: ``gamma ** (number of milestones m with step >= m * steps_per_epoch)``; ``constant``: 1.
+    ``step``: ``gamma ** (number of milestones m with step >= m * steps_per_epoch)`` (or ``gamma ** (step //
+    step_size_steps)``); ``constant``: 1; ``piecewise``: the warm-up factor times the phase factor (see
+    :class:`~posekit.training.config.ScheduleConfig`).
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    w = int(cfg.warmup_steps)
+    w = warmup_steps_of(cfg, steps_per_epoch)
+    if cfg.name == "piecewise":  # the warm-up multiplies the phase factor (MMEngine chains its schedulers)
+        return _warmup(step, w, cfg) * _piecewise(step, cfg, steps_per_epoch)
     if step < w:
-        s = float(cfg.warmup_start_factor)
-        return s + (1.0 - s) * step / w
+        return _warmup(step, w, cfg)
     if cfg.name == "constant":
         return 1.0
     if cfg.name == "step":
+        if int(cfg.step_size_steps) > 0:
+            return float(cfg.gamma) ** (step // int(cfg.step_size_steps))
         n = sum(1 for m in cfg.milestones if step >= int(m) * steps_per_epoch)
         return float(cfg.gamma) ** n
     if cfg.name == "cosine":
+        w = int(w)
         span = max(total_steps - 1 - w, 1)
         t = min(max(step - w, 0) / span, 1.0)
         lo = float(cfg.min_lr_ratio)
         return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
     raise ValueError(f"unknown schedule name {cfg.name!r} (expected 'cosine', 'step' or 'constant')")
+
+
+def warmup_steps_of(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
+    """The warm-up length in optimiser steps: ``warmup_epochs * steps_per_epoch`` when set, else
+    ``warmup_steps``."""
+    if float(cfg.warmup_epochs) > 0:
+        return int(round(float(cfg.warmup_epochs) * steps_per_epoch))
+    return int(cfg.warmup_steps)
+
+
+def _warmup(step: int, w: int, cfg: ScheduleConfig) -> float:
+    """Warm-up factor (1 from step ``w`` on): linear from ``warmup_start_factor``, or quadratic
+    ``((step + 1) / w)^2`` (YOLOX's / MMDet's ``QuadraticWarmupLR``; ``warmup_start_factor`` is not used)."""
+    if step >= w:
+        return 1.0
+    s = float(cfg.warmup_start_factor)
+    if cfg.warmup_kind == "quadratic":
+        return ((step + 1) / w) ** 2
+    return s + (1.0 - s) * step / w
+
+
+def _piecewise(step: int, cfg: ScheduleConfig, steps_per_epoch: int) -> float:
+    """The factor of ``cfg.phases`` at ``step``; past the last phase, its end value."""
+    begin = 0
+    last = 1.0
+    for ph in cfg.phases:
+        end = int(round(float(ph["end_epoch"]) * steps_per_epoch))
+        kind = ph.get("kind", "constant")
+        a = float(ph.get("start", 1.0))
+        b = float(ph.get("end", a))
+        if step < end:
+            if kind == "constant":
+                return a
+            t = (step - begin) / max(end - begin, 1)
+            return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * t))
+        begin, last = end, (a if kind == "constant" else b)
+    return last
 
 
 class LRSchedule:

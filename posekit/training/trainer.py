@@ -44,7 +44,7 @@ from posekit.training.logging import ScalarLogger
 from posekit.training.schedules import LRSchedule
 from posekit.training.tasks import TrainTask, get_task
 
-__all__ = ["Trainer", "train", "build_optimizer", "seed_everything", "derive_seed", "EpochSeededDataset",
+__all__ = ["Trainer", "train", "build_optimizer", "param_groups", "vit_layer_id", "seed_everything", "derive_seed", "EpochSeededDataset",
            "STALL_ENV"]
 
 #: test hook: after finishing this optimiser step (and its checkpoint, if any) every rank writes
@@ -103,23 +103,57 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """MMPose's ``get_num_layer_for_vit``: 0 for the position embedding and the patch embedding, ``i + 1`` for
+    ``backbone.layers.i``, ``num_layers + 1`` for everything else (final norm, head)."""
+    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed") or \
+            name.startswith("backbone.patch_embed"):
+        return 0
+    if name.startswith("backbone.layers."):
+        return int(name.split(".")[2]) + 1
+    return num_layers + 1
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """The optimiser's parameter groups: ``{"params", "weight_decay", "lr", "names"}``, one per distinct
+    (weight decay, learning-rate factor) pair, in first-seen order.
+
+    No weight decay on 1-D parameters (``no_decay_1d``) and on names containing one of ``no_decay_keys``; the
+    learning rate is ``lr`` times the ``lr_mult`` of the longest matching name prefix and, with ``layer_decay < 1``,
+    ``layer_decay ** (num_layers + 1 - vit_layer_id(name))`` (MMPose's ``LayerDecayOptimWrapperConstructor``)."""
+    groups: dict[tuple, dict] = {}
+    mults = sorted(((str(k), float(v)) for k, v in (cfg.lr_mult or {}).items()), key=lambda kv: -len(kv[0]))
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = (cfg.no_decay_1d and p.ndim <= 1) or any(k in name for k in cfg.no_decay_keys)
+        wd = 0.0 if no_decay else float(cfg.weight_decay)
+        f = next((v for k, v in mults if name.startswith(k)), 1.0)
+        if cfg.layer_decay < 1.0:
+            n = int(cfg.layer_decay_num_layers)
+            f *= float(cfg.layer_decay) ** (n + 1 - vit_layer_id(name, n))
+        key = (no_decay, f)
+        g = groups.setdefault(key, {"params": [], "weight_decay": wd, "lr": float(cfg.lr) * f, "names": []})
+        g["params"].append(p)
+        g["names"].append(name)
+    order = sorted(groups, key=lambda k: k[0])  # decayed first, first-seen order otherwise (a stable sort)
+    return [groups[k] for k in order]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over the trainable parameters; with ``no_decay_1d`` the 1-D ones (biases, norm scales) get no
-    weight decay (two parameter groups: decayed first)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if cfg.no_decay_1d and p.ndim <= 1 else decay).append(p)
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    """AdamW, Adam or SGD over the trainable parameters, grouped by :func:`param_groups` (with ``no_decay_1d`` the
+    1-D ones, biases and norm scales, get no weight decay; decayed groups first)."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
-    raise ValueError(f"config field 'optim.name' must be 'adamw' or 'sgd', got {cfg.name!r}")
+    raise ValueError(f"config field 'optim.name' must be 'adamw', 'adam' or 'sgd', got {cfg.name!r}")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -182,7 +216,10 @@ class Trainer:
         task = self.task if self.task is not None else get_task(cfg.task)
         self.task = task
         train_ds, val_ds = task.build_datasets(cfg)
-        model = task.build_model(cfg).to(device)
+        model = task.build_model(cfg)
+        if cfg.model.init_from and resume is None:
+            self._init_from(model)
+        model = model.to(device)
         if cfg.sync_bn and info.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # per-rank stream for everything after the (identical) initialisation: dropout, etc.
@@ -346,10 +383,24 @@ class Trainer:
         return {"step": step, "epoch": step // spe, "best": best, "last_eval": last_eval,
                 "out_dir": str(self.out_dir), "last_checkpoint": str(last_ckpt) if last_ckpt else None}
 
+    def _init_from(self, model: nn.Module) -> None:
+        """``model.init_from``: load every fitting tensor, print the report, write ``out_dir/init_from.json``."""
+        import json
+
+        from posekit.data.io import write_bytes_atomic
+        from posekit.training.finetune import format_report, load_matching
+
+        m = self.cfg.model
+        report = load_matching(model, m.init_from, m.init_keys, m.init_exclude)
+        self._say(format_report(report))
+        if self.info.is_main:
+            write_bytes_atomic(self.out_dir / "init_from.json", json.dumps(report, indent=1).encode())
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, step: int, best: dict, rng: list | None = None) -> dict:
-        """The checkpoint dict (see :mod:`posekit.training.checkpoint`)."""
-        return {
+        """The checkpoint dict (see :mod:`posekit.training.checkpoint`), plus the task's ``checkpoint_meta()``."""
+        meta = self.task.checkpoint_meta() if hasattr(self.task, "checkpoint_meta") else {}
+        return {**meta,
             "format": CHECKPOINT_FORMAT,
             "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),

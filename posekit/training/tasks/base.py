@@ -62,6 +62,10 @@ class TrainTask(ABC):
         """Move a collated batch to the training device (default: every tensor, recursively)."""
         return move_to_device(batch, device)
 
+    def checkpoint_meta(self) -> dict:
+        """Extra plain-data entries stored in every checkpoint (e.g. the keypoint ``schema``); default none."""
+        return {}
+
     def batch_size_of(self, batch: Any) -> int | None:
         """Number of images in a batch, for the images/s readout (None: the engine counts sampler indices)."""
         return None

@@ -144,10 +144,13 @@ class OpenPoseTask(TrainTask):
     def collate(self, samples: list[dict]) -> dict:
         if self.codec is None:
             raise RuntimeError("OpenPoseTask.collate called before build_datasets")
-        images = np.stack([s["image"] for s in samples]).astype(np.float32)  # (B, H, W, 3) BGR
-        x = (images - self.mean) / self.std
+        from posekit.data.batch import images_to_nchw
+
+        mean = np.broadcast_to(np.asarray(self.mean, np.float32).reshape(-1), (3,))
+        std = np.broadcast_to(np.asarray(self.std, np.float32).reshape(-1), (3,))
+        x = images_to_nchw([s["image"] for s in samples], mean, std)  # BGR in, BGR out
         targets = [self.codec.encode(s) for s in samples]
-        out = {"image": torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))}
+        out = {"image": torch.from_numpy(x)}
         for k in ("heatmaps", "pafs", "mask"):
             out[k] = torch.from_numpy(np.stack([t[k] for t in targets]))
         return out

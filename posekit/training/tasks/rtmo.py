@@ -16,7 +16,9 @@
 
 ``data.options`` (all optional): ``augment`` (true), ``flip_prob`` (0.5), ``scale_range`` ([0.75, 1.25]),
 ``max_rotation`` (10 degrees), ``max_translate`` (0.1), ``mosaic_prob`` (0.0), ``mixup_prob`` (0.0),
-``color_jitter`` (0.0), ``min_keypoints`` (1).
+``color_jitter`` (0.0), ``hsv_aug`` (false: MMDet's ``YOLOXHSVRandomAug``), ``min_keypoints`` (1),
+``stage2_epoch`` (null) and ``stage2`` (the options that change from that 0-based epoch on: the official last 20
+epochs drop mosaic, mixup and the random affine).
 
 ``task_options`` (all optional): ``loss``: :class:`~posekit.losses.rtmo.RTMOLossWeights` fields (defaults:
 the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1, no auxiliary box loss); ``switch_epoch`` (0-based
@@ -56,7 +58,10 @@ _DATA_OPTIONS = {
     "mosaic_prob": 0.0,
     "mixup_prob": 0.0,
     "color_jitter": 0.0,
+    "hsv_aug": False,
     "min_keypoints": 1,
+    "stage2_epoch": None,
+    "stage2": None,
 }
 _TASK_OPTIONS = ("loss", "switch_epoch", "switch", "aux_epoch", "aux", "assigner", "score_thr", "nms_thr",
                  "backbone_onnx", "bn_calibration_images")
@@ -137,13 +142,16 @@ class RTMOTrainSet(torch.utils.data.Dataset):
     ``epoch`` follows ``set_epoch`` (the task reads it for the loss schedule)."""
 
     def __init__(self, base, input_size, options: dict) -> None:
-        from posekit.data.transforms import ColorJitter, RandomAffine, RandomFlip
-
         self.base = base
         self.input_size = tuple(int(v) for v in input_size)
-        self.o = dict(options)
+        self.options = dict(options)
         self.epoch = 0
-        o = self.o
+        self._configure(self.options)
+
+    def _configure(self, o: dict) -> None:
+        from posekit.data.transforms import ColorJitter, HSVRandomAug, RandomAffine, RandomFlip
+
+        self.o = o
         if o["augment"]:
             self.affine = RandomAffine(scale_range=o["scale_range"], max_rotation=float(o["max_rotation"]),
                                        max_translate=float(o["max_translate"]), output_size=self.input_size,
@@ -151,21 +159,37 @@ class RTMOTrainSet(torch.utils.data.Dataset):
         else:
             self.affine = RandomAffine(scale_range=(1.0, 1.0), max_rotation=0.0, max_translate=0.0,
                                        output_size=self.input_size, border_value=PAD_VALUE)
-        self.flip = RandomFlip(base.schema, float(o["flip_prob"])) if o["augment"] else None
+        self.flip = RandomFlip(self.base.schema, float(o["flip_prob"])) if o["augment"] else None
         j = float(o["color_jitter"])
         self.jitter = ColorJitter(brightness=j, contrast=j, saturation=j) if (o["augment"] and j > 0) else None
+        self.hsv = HSVRandomAug() if (o["augment"] and o.get("hsv_aug")) else None
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
         self.epoch = int(epoch)
+        se = self.options.get("stage2_epoch")
+        if se is not None and self.epoch >= int(se):  # the recipe's last phase (YOLOXPoseModeSwitchHook)
+            o2 = {**self.options, **dict(self.options.get("stage2") or {})}
+            if o2 != self.o:
+                self._configure(o2)
+        elif self.o is not self.options:
+            self._configure(self.options)
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def _raw(self, i: int) -> dict:
-        s = self.base.load_sample(i)
-        s.pop("mask", None)
-        return s
+    def _raw(self, i: int, mosaic: bool = False) -> dict:
+        """Sample ``i`` without the ignore mask (not used). In a mosaic, an image whose pixels reach the output at
+        half their size or less (resize ratio x the largest zoom / 2 <= 1/2) is decoded at half size (JPEG DCT
+        scaling: several times cheaper than a full decode; no detail the output could show is lost)."""
+        reduce = 1
+        if mosaic:
+            info = self.base.index.image_info(self.base.image_id_of(i))
+            w, h = self.input_size
+            r = min(w / info["width"], h / info["height"])
+            if r * self.affine.scale_range[1] <= 1.0:
+                reduce = 2
+        return self.base.load_sample(i, reduce=reduce, with_mask=False)
 
     def _one(self, i: int, rng: np.random.Generator) -> dict:
         o = self.o
@@ -174,7 +198,7 @@ class RTMOTrainSet(torch.utils.data.Dataset):
             others = rng.integers(0, n, size=3)
             w, h = self.input_size
             center = (rng.uniform(0.5 * w, 1.5 * w), rng.uniform(0.5 * h, 1.5 * h))
-            s = mosaic4([self._raw(i)] + [self._raw(int(j)) for j in others], self.input_size, center)
+            s = mosaic4([self._raw(i, True)] + [self._raw(int(j), True) for j in others], self.input_size, center)
         else:
             s = self._raw(i)
         return self.affine(s, rng)
@@ -193,6 +217,8 @@ class RTMOTrainSet(torch.utils.data.Dataset):
             s.pop("ann_ids", None)
         if self.jitter is not None:
             s = self.jitter(s, rng)
+        if self.hsv is not None:
+            s = self.hsv(s, rng)
         if self.flip is not None:
             s = self.flip(s, rng)
         # FilterAnnotations: at least min_keypoints labelled keypoints and a box of at least 1 px
@@ -307,6 +333,15 @@ class RTMOTask(TrainTask):
         for k in ("flip_prob", "mosaic_prob", "mixup_prob"):
             if not 0.0 <= float(o[k]) <= 1.0:
                 raise ValueError(f"data.options.{k} must be in [0, 1], got {o[k]!r}")
+        st2 = o["stage2"]
+        if st2 is not None:
+            if not isinstance(st2, dict) or set(st2) - (set(_DATA_OPTIONS) - {"stage2", "stage2_epoch"}):
+                raise ValueError(f"data.options.stage2 must map data.options keys to their last-phase values, "
+                                 f"got {st2!r}")
+            if o["stage2_epoch"] is None:
+                raise ValueError("data.options.stage2 needs data.options.stage2_epoch (the 0-based epoch it starts)")
+            if "scale_range" in st2:
+                st2["scale_range"] = tuple(float(v) for v in st2["scale_range"])
         return o
 
     # ------------------------------------------------------------------ data

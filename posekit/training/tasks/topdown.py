@@ -42,7 +42,13 @@ other stats) per decoder on its own validation file, and ``AP`` = their mean.
 ``data.options`` (all optional): ``augment`` (true), ``flip_prob`` (0.5), ``half_body_prob`` (0.3),
 ``shift_factor`` (0.16), ``shift_prob`` (0.3), ``scale_range`` ([0.75, 1.25]), ``rot_factor`` (80 degrees),
 ``rot_prob`` (0.6), ``min_keypoints`` (1), ``bbox_padding`` (1.25), ``udp`` (null: from the codec),
-``datasets`` (see above).
+``datasets`` (see above), ``half_body_min_keypoints`` (8; MMPose: 9), ``half_body_upper_prob`` (0.5; MMPose: 0.7),
+the RTMPose photometric set applied to the crop: ``hsv_aug`` (false), ``blur_prob`` (0), ``median_blur_prob`` (0),
+``coarse_dropout_prob`` (0) (:mod:`posekit.data.transforms`), and a second augmentation phase: ``stage2_epoch``
+(0-based, null: none) with ``stage2`` (the options that change from then on; MMDet's ``PipelineSwitchHook``).
+
+``data.schema``: a keypoint schema file (or name) used instead of the annotation file's category (single dataset);
+it is saved in every checkpoint (``checkpoint["schema"]``) for export and loading.
 
 ``task_options`` (all optional): ``flip_test`` (true), ``eval_batch_size`` (64), ``dark`` (false: true switches MSRA
 heatmap codecs -- SimpleBaseline, CPM, Hourglass, CPN -- to DARK: uncut Gaussians centred on the exact position and
@@ -81,6 +87,14 @@ _DATA_OPTIONS = {
     "bbox_padding": 1.25,
     "udp": None,
     "datasets": None,
+    "half_body_min_keypoints": 8,
+    "half_body_upper_prob": 0.5,
+    "hsv_aug": False,
+    "blur_prob": 0.0,
+    "median_blur_prob": 0.0,
+    "coarse_dropout_prob": 0.0,
+    "stage2_epoch": None,
+    "stage2": None,
 }
 _TASK_OPTIONS = {"flip_test": True, "eval_batch_size": 64, "dark": False, "simcc_loss_norm": None}
 _DATASET_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
@@ -296,9 +310,17 @@ class TopDownTask(TrainTask):
     # ------------------------------------------------------------------ options
     def _options(self, cfg) -> dict:
         out = merge_data_options("topdown", dict(cfg.data.options), _DATA_OPTIONS)
-        for k in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob"):
+        for k in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob", "half_body_upper_prob", "blur_prob",
+                  "median_blur_prob", "coarse_dropout_prob"):
             if not 0.0 <= float(out[k]) <= 1.0:
                 raise ValueError(f"data.options.{k} must be in [0, 1], got {out[k]!r}")
+        st2 = out["stage2"]
+        if st2 is not None:
+            if not isinstance(st2, Mapping) or set(st2) - (set(_DATA_OPTIONS) - {"datasets", "stage2", "stage2_epoch"}):
+                raise ValueError(f"data.options.stage2 must map data.options keys to their second-phase values, "
+                                 f"got {st2!r}")
+            if out["stage2_epoch"] is None:
+                raise ValueError("data.options.stage2 needs data.options.stage2_epoch (the 0-based epoch it starts)")
         topts = dict(cfg.task_options)
         unknown = set(topts) - set(_TASK_OPTIONS)
         if unknown:
@@ -309,6 +331,59 @@ class TopDownTask(TrainTask):
             raise ValueError(f"task_options.simcc_loss_norm must be 'mmpose', 'batch' or null, "
                              f"got {self.task_options['simcc_loss_norm']!r}")
         return out
+
+    @staticmethod
+    def _schema_of(cfg, decoder):
+        """``data.schema`` (a schema file or name) for the single-dataset case; None: the file's category."""
+        if not cfg.data.schema:
+            return None
+        if decoder is not None:
+            raise ValueError("data.schema applies to a single dataset; with data.options.datasets each file's "
+                             "category gives its schema")
+        from posekit.schema import get_schema
+
+        try:
+            return get_schema(cfg.data.schema)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"data.schema {cfg.data.schema!r}: {e}") from None
+
+    def checkpoint_meta(self) -> dict:
+        """Saved in every checkpoint: the keypoint ``schema`` (a plain dict) of a single-decoder model, so that
+        ``posekit export`` / ``load_preset`` rebuild the model and its card for it."""
+        if self.multi or None not in self.schemas:
+            return {}
+        return {"schema": self.schemas[None].to_dict()}
+
+    @staticmethod
+    def _train_pipeline(schema, o: Mapping, affine):
+        """The training transforms of ``data.options`` ``o``: flip, half body, box jitter, the crop ``affine``,
+        then the photometric set on the crop (HSV, blur, median blur, coarse dropout; RTMPose's order)."""
+        from posekit.data.transforms import (CoarseDropout, Compose, HSVRandomAug, RandomBBoxTransform, RandomBlur,
+                                             RandomFlip, RandomHalfBody)
+
+        steps: list = []
+        if o["augment"]:
+            if float(o["flip_prob"]) > 0:
+                steps.append(RandomFlip(schema, float(o["flip_prob"]), defer_image=True))  # fused into the crop
+            if float(o["half_body_prob"]) > 0 and schema.upper_body:
+                steps.append(RandomHalfBody(schema, float(o["half_body_prob"]),
+                                            min_keypoints=int(o["half_body_min_keypoints"]),
+                                            upper_prob=float(o["half_body_upper_prob"])))
+            steps.append(RandomBBoxTransform(shift_factor=float(o["shift_factor"]),
+                                             scale_range=tuple(float(v) for v in o["scale_range"]),
+                                             rot_factor=float(o["rot_factor"]), rot_prob=float(o["rot_prob"]),
+                                             shift_prob=float(o["shift_prob"])))
+        steps.append(affine)
+        if o["augment"]:
+            if o["hsv_aug"]:
+                steps.append(HSVRandomAug())
+            if float(o["blur_prob"]) > 0:
+                steps.append(RandomBlur(float(o["blur_prob"])))
+            if float(o["median_blur_prob"]) > 0:
+                steps.append(RandomBlur(float(o["median_blur_prob"]), median=True))
+            if float(o["coarse_dropout_prob"]) > 0:
+                steps.append(CoarseDropout(float(o["coarse_dropout_prob"])))
+        return Compose(steps)
 
     def _dataset_paths(self, cfg) -> dict:
         ds = self.options["datasets"]
@@ -335,8 +410,7 @@ class TopDownTask(TrainTask):
     # ------------------------------------------------------------------ data
     def build_datasets(self, cfg) -> tuple[Any, Any]:
         from posekit.data.coco import CocoPoseDataset
-        from posekit.data.transforms import (Compose, RandomBBoxTransform, RandomFlip, RandomHalfBody,
-                                             TopDownAffine)
+        from posekit.data.transforms import EpochSwitch, TopDownAffine
 
         self.input_size = tuple(int(v) for v in cfg.data.input_size)
         o = self.options = self._options(cfg)
@@ -347,21 +421,16 @@ class TopDownTask(TrainTask):
         trains, vals = {}, {}
         for name, p in paths.items():
             kw = dict(mode="topdown", seed=cfg.seed, min_keypoints=int(o["min_keypoints"]),
-                      bbox_padding=float(o["bbox_padding"]))
+                      bbox_padding=float(o["bbox_padding"]), schema=self._schema_of(cfg, name))
             train = CocoPoseDataset(p["train_ann"], p["train_images"], **kw)
             schema = train.schema
             affine = TopDownAffine(self.input_size, udp=bool(o["udp"]))
             self.affines.append(affine)
-            steps = []
-            if o["augment"]:
-                if float(o["flip_prob"]) > 0:
-                    steps.append(RandomFlip(schema, float(o["flip_prob"])))
-                if float(o["half_body_prob"]) > 0 and schema.upper_body:
-                    steps.append(RandomHalfBody(schema, float(o["half_body_prob"])))
-                steps.append(RandomBBoxTransform(shift_factor=float(o["shift_factor"]), scale_range=o["scale_range"],
-                                                 rot_factor=float(o["rot_factor"]), rot_prob=float(o["rot_prob"]),
-                                                 shift_prob=float(o["shift_prob"])))
-            train.transform = Compose(steps + [affine])
+            pipeline = self._train_pipeline(schema, o, affine)
+            if o["stage2_epoch"] is not None:  # the recipe's second augmentation phase
+                o2 = {**o, **dict(o["stage2"] or {})}
+                pipeline = EpochSwitch(pipeline, self._train_pipeline(schema, o2, affine), int(o["stage2_epoch"]))
+            train.transform = pipeline
             trains[name] = train
             self.schemas[name] = schema
             if p["val_ann"]:
@@ -420,11 +489,9 @@ class TopDownTask(TrainTask):
 
     # ------------------------------------------------------------------ batches
     def _images(self, samples: list[dict]) -> torch.Tensor:
-        img = np.stack([s["image"] for s in samples]).astype(np.float32)  # (B, H, W, 3) BGR
-        if self.bgr_to_rgb:
-            img = img[..., ::-1]
-        x = (img - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        from posekit.data.batch import images_to_nchw
+
+        return torch.from_numpy(images_to_nchw([s["image"] for s in samples], self.mean, self.std, self.bgr_to_rgb))
 
     def _collate_one(self, samples: list[dict], decoder) -> dict:
         from posekit.codecs.simcc import SimCCCodec
@@ -552,7 +619,8 @@ class TopDownTask(TrainTask):
                             "score": score})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            stats = {k: float(v) for k, v in evaluate_coco_keypoints(str(val.index.file), results).items()}
+            stats = {k: float(v) for k, v in evaluate_coco_keypoints(str(val.index.file), results,
+                                                                    sigmas=val.schema).items()}
         lab = gt[..., 2] > 0
         d = np.linalg.norm(pred_crop - gt[..., :2], axis=-1)
         stats["kpt_err"] = float(d[lab].mean()) if lab.any() else float("nan")
