@@ -42,6 +42,7 @@ _RTMO_COMMON = {
     "data.input_size": [640, 640], "data.options.mosaic_prob": 1.0, "data.options.mixup_prob": 1.0,
     "data.options.scale_range": [0.75, 1.0], "data.options.max_rotation": 10.0, "data.options.max_translate": 0.1,
     "data.options.hsv_aug": True, "data.options.stage2_epoch": 600 - 20, "task_options.switch_epoch": 280,
+    "task_options.aux_epoch": 600 - 21, "task_options.aux.bbox_aux": 1.0,
     "task_options.loss.cls": 1.0, "task_options.loss.bbox": 5.0, "task_options.loss.oks": 30.0,
     "task_options.loss.vis": 1.0, "task_options.score_thr": 0.1, "task_options.nms_thr": 0.65,
 }
