@@ -45,6 +45,11 @@ _RTMO_COMMON = {
     "task_options.aux_epoch": 600 - 21, "task_options.aux.bbox_aux": 1.0,
     "task_options.loss.cls": 1.0, "task_options.loss.bbox": 5.0, "task_options.loss.oks": 30.0,
     "task_options.loss.vis": 1.0, "task_options.score_thr": 0.1, "task_options.nms_thr": 0.65,
+    # YOLOXMixUp(ratio_range=(0.8, 1.6)) with its default flip_ratio 0.5, and the data preprocessor's
+    # BatchSyncRandomResize(random_size_range=(480, 800), size_divisor=32, interval=1) (same config file)
+    "data.options.mixup_ratio_range": [0.8, 1.6], "data.options.mixup_flip_prob": 0.5,
+    "data.options.batch_resize_range": [480, 800], "data.options.batch_resize_divisor": 32,
+    "data.options.batch_resize_interval": 1,
 }
 _MM_TOPDOWN = {
     "task": "topdown", "epochs": 210, "schedule.name": "step", "schedule.warmup_steps": 500,

@@ -40,6 +40,7 @@ __all__ = [
     "RandomBlur",
     "CoarseDropout",
     "EpochSwitch",
+    "YOLOXMixUp",
     "apply_affine_to_sample",
 ]
 
@@ -678,3 +679,101 @@ class EpochSwitch:
 
     def __repr__(self) -> str:
         return f"EpochSwitch(at epoch {self.switch_epoch}: {self.first!r} -> {self.second!r})"
+
+
+# ------------------------------------------------------------------------------------------------ mixing
+class YOLOXMixUp:
+    """MMPose's bottom-up ``YOLOXMixUp`` (RTMO, YOLOX-Pose): ``mix(sample, aux, rng)`` averages ``sample`` with
+    a second, raw image ``aux`` placed as YOLOX does, and keeps the people of both.
+
+    ``aux`` is fitted (aspect kept) to the top-left of an ``img_scale = (w, h)`` canvas filled with ``pad_value``,
+    that canvas is rescaled by a jitter ``j`` drawn uniformly from ``ratio_range`` (to ``(int(w j), int(h j))``),
+    mirrored about the rescaled canvas's width with probability ``flip_prob`` (left/right keypoints swapped by
+    ``schema.flip_index``), padded to at least the size of ``sample``'s image and cropped to it at an offset
+    ``(dx, dy)`` drawn uniformly from ``[0, max(0, canvas - size)]`` per axis. The image is
+    ``floor((sample + placed aux) / 2)``. The four steps are one affine, so the placed ``aux`` is one
+    ``cv2.warpAffine`` (the same sampling points as MMPose's two resizes up to their integer sizes).
+
+    ``aux``'s keypoints and boxes follow the same affine (pixel centres: ``x' = s (x + 0.5) - 0.5``, then
+    ``x' -> W' - 1 - x'`` when mirrored, then the crop); keypoints off the placed image or off the output get
+    ``v = 0``, boxes are clipped to both, areas scale by ``|det|``. ``aux`` with no people leaves ``sample``
+    unchanged, as in MMPose. ``matrix`` gives the affine and the placed image's window for given draws.
+    """
+
+    def __init__(self, schema: KeypointSchema, img_scale: Sequence[int] = (640, 640),
+                 ratio_range: Sequence[float] = (0.8, 1.6), flip_prob: float = 0.5, pad_value: int = 114):
+        lo, hi = (float(v) for v in ratio_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"YOLOXMixUp: ratio_range must be 0 < lo <= hi, got {ratio_range!r}")
+        if not 0.0 <= float(flip_prob) <= 1.0:
+            raise ValueError(f"YOLOXMixUp: flip_prob must be in [0, 1], got {flip_prob!r}")
+        self.schema = schema
+        self.flip_index = np.asarray(schema.flip_index)
+        self.img_scale = G._as_size(img_scale, "YOLOXMixUp img_scale")
+        self.ratio_range = (lo, hi)
+        self.flip_prob = float(flip_prob)
+        self.pad_value = pad_value
+
+    def matrix(self, aux_size: Sequence[int], jitter: float, flip: bool,
+               offset: Sequence[int]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """``(M, window)``: the affine from ``aux`` (of ``aux_size = (W, H)``) to the output and the placed
+        image's extent ``(x0, y0, x1, y1)`` in output coordinates (pixel edges, ``-0.5`` based)."""
+        W, H = (int(v) for v in aux_size)
+        w, h = self.img_scale
+        r = min(w / W, h / H)
+        nw, nh = max(1, int(W * r)), max(1, int(H * r))           # the fitted image (mmcv.imresize sizes)
+        cw, ch = max(1, int(w * jitter)), max(1, int(h * jitter))  # the rescaled canvas
+        sx, sy = nw / W * cw / w, nh / H * ch / h                   # two resizes compose to one scale
+        M = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        x0, x1 = -0.5, nw * cw / w - 0.5
+        if flip:
+            M = G.compose_affine(np.array([[-1.0, 0.0, cw - 1.0], [0.0, 1.0, 0.0]]), M)
+            x0, x1 = cw - 1.0 - x1, cw - 1.0 - x0
+        dx, dy = (float(v) for v in offset)
+        M[0, 2] -= dx
+        M[1, 2] -= dy
+        return M, (x0 - dx, -0.5 - dy, x1 - dx, nh * ch / h - 0.5 - dy)
+
+    def mix(self, sample: dict, aux: dict, rng: np.random.Generator | None = None) -> dict:
+        rng = _rng(rng)
+        w, h = _check_sample(sample, "YOLOXMixUp")
+        W, H = _check_sample(aux, "YOLOXMixUp (aux)")
+        jitter = rng.uniform(*self.ratio_range)
+        flip = bool(rng.uniform(0.0, 1.0) < self.flip_prob)
+        cw, ch = max(1, int(self.img_scale[0] * jitter)), max(1, int(self.img_scale[1] * jitter))
+        dy = int(rng.integers(0, max(0, max(ch, h) - h) + 1))
+        dx = int(rng.integers(0, max(0, max(cw, w) - w) + 1))
+        akp = aux.get("keypoints")
+        if akp is None or len(akp) == 0:
+            return dict(sample)
+        M, (x0, y0, x1, y1) = self.matrix((W, H), jitter, flip, (dx, dy))
+        placed = G.warp_image(aux["image"], M, (w, h), self.pad_value)
+        img = ((sample["image"].astype(np.uint16) + placed.astype(np.uint16)) // 2).astype(np.uint8)
+        kp = np.array(akp, np.float32, copy=True)
+        if flip:
+            if kp.shape[1] != len(self.flip_index):
+                raise ValueError(f"YOLOXMixUp: keypoints have K={kp.shape[1]} but schema {self.schema.name!r} "
+                                 f"has {len(self.flip_index)}")
+            kp = kp[:, self.flip_index]
+        xy = G.apply_affine(kp[..., :2].astype(np.float64), M)
+        inside = ((xy[..., 0] >= max(x0, -0.5)) & (xy[..., 0] < min(x1, w - 0.5))
+                  & (xy[..., 1] >= max(y0, -0.5)) & (xy[..., 1] < min(y1, h - 0.5)))
+        kp[..., :2] = xy
+        kp[..., 2] = np.where(inside, kp[..., 2], 0.0)
+        b = G.transform_boxes(np.asarray(aux["boxes"], np.float64).reshape(-1, 4), M)
+        bx0, bx1 = max(0.0, x0 + 0.5), max(0.0, min(w - 1.0, x1 - 0.5))
+        by0, by1 = max(0.0, y0 + 0.5), max(0.0, min(h - 1.0, y1 - 0.5))
+        b[:, 0::2] = np.clip(b[:, 0::2], bx0, max(bx0, bx1))
+        b[:, 1::2] = np.clip(b[:, 1::2], by0, max(by0, by1))
+        areas = np.asarray(aux["areas"], np.float64) * abs(M[0, 0] * M[1, 1])
+        out = {**sample, "image": img,
+               "keypoints": np.concatenate([np.asarray(sample["keypoints"], np.float32), kp]),
+               "boxes": np.concatenate([np.asarray(sample["boxes"], np.float32).reshape(-1, 4), b.astype(np.float32)]),
+               "areas": np.concatenate([np.asarray(sample["areas"], np.float32), areas.astype(np.float32)])}
+        out.pop("ann_ids", None)
+        out.pop("mask", None)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"YOLOXMixUp(img_scale={self.img_scale}, ratio_range={self.ratio_range}, "
+                f"flip_prob={self.flip_prob}, pad_value={self.pad_value})")

@@ -313,6 +313,7 @@ class Trainer:
                     lr = schedule.apply(step)
                     n_img = task.batch_size_of(batch) or cfg.batch_size // info.world_size
                     batch = task.to_device(batch, device)
+                    task.set_step(step)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         loss, scalars = task.compute_loss(ddp, batch)
                     if not torch.isfinite(loss.detach()).all():

@@ -62,6 +62,10 @@ class TrainTask(ABC):
         """Move a collated batch to the training device (default: every tensor, recursively)."""
         return move_to_device(batch, device)
 
+    def set_step(self, step: int) -> None:
+        """Called by the engine with the global optimiser step (the same on every process) before each
+        ``compute_loss``; default: nothing (RTMO draws its synchronised batch size from it)."""
+
     def checkpoint_meta(self) -> dict:
         """Extra plain-data entries stored in every checkpoint (e.g. the keypoint ``schema``); default none."""
         return {}

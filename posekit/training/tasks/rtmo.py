@@ -47,7 +47,7 @@ from torch import nn
 
 from posekit.training.tasks.base import TrainTask, merge_data_options
 
-__all__ = ["RTMOTask", "RTMOTrainSet", "mosaic4", "letterbox_batch", "torch_rtmo_predict"]
+__all__ = ["RTMOTask", "RTMOTrainSet", "BatchSyncRandomResize", "mosaic4", "letterbox_batch", "torch_rtmo_predict"]
 
 _DATA_OPTIONS = {
     "augment": True,
@@ -62,7 +62,14 @@ _DATA_OPTIONS = {
     "min_keypoints": 1,
     "stage2_epoch": None,
     "stage2": None,
+    "mixup_ratio_range": None,
+    "mixup_flip_prob": 0.5,
+    "batch_resize_range": None,
+    "batch_resize_divisor": 32,
+    "batch_resize_interval": 1,
 }
+#: options the last phase may not change (MMPose keeps its data preprocessor to the end)
+_NOT_STAGE2 = ("stage2", "stage2_epoch", "batch_resize_range", "batch_resize_divisor", "batch_resize_interval")
 _TASK_OPTIONS = ("loss", "switch_epoch", "switch", "aux_epoch", "aux", "assigner", "score_thr", "nms_thr",
                  "backbone_onnx", "bn_calibration_images")
 PAD_VALUE = 114
@@ -149,7 +156,7 @@ class RTMOTrainSet(torch.utils.data.Dataset):
         self._configure(self.options)
 
     def _configure(self, o: dict) -> None:
-        from posekit.data.transforms import ColorJitter, HSVRandomAug, RandomAffine, RandomFlip
+        from posekit.data.transforms import ColorJitter, HSVRandomAug, RandomAffine, RandomFlip, YOLOXMixUp
 
         self.o = o
         if o["augment"]:
@@ -163,6 +170,9 @@ class RTMOTrainSet(torch.utils.data.Dataset):
         j = float(o["color_jitter"])
         self.jitter = ColorJitter(brightness=j, contrast=j, saturation=j) if (o["augment"] and j > 0) else None
         self.hsv = HSVRandomAug() if (o["augment"] and o.get("hsv_aug")) else None
+        rr = o.get("mixup_ratio_range")
+        self.mixup = (YOLOXMixUp(self.base.schema, self.input_size, rr, float(o["mixup_flip_prob"]), PAD_VALUE)
+                      if rr is not None else None)
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
@@ -203,19 +213,28 @@ class RTMOTrainSet(torch.utils.data.Dataset):
             s = self._raw(i)
         return self.affine(s, rng)
 
+    @staticmethod
+    def _average(s: dict, s2: dict) -> dict:
+        img = (s["image"].astype(np.uint16) + s2["image"].astype(np.uint16) + 1) // 2
+        s = {**s, "image": img.astype(np.uint8),
+             "keypoints": np.concatenate([s["keypoints"], s2["keypoints"]]),
+             "boxes": np.concatenate([s["boxes"], s2["boxes"]]),
+             "areas": np.concatenate([s["areas"], s2["areas"]])}
+        s.pop("ann_ids", None)
+        return s
+
     def __getitem__(self, i: int) -> dict:
         rng = self.base.rng(i)
         s = self._one(i, rng)
         o = self.o
         if o["augment"] and len(self.base) > 1 and rng.random() < float(o["mixup_prob"]):
-            s2 = self._one(int(rng.integers(0, len(self.base))), rng)
-            img = (s["image"].astype(np.uint16) + s2["image"].astype(np.uint16) + 1) // 2
-            s = {**s, "image": img.astype(np.uint8),
-                 "keypoints": np.concatenate([s["keypoints"], s2["keypoints"]]),
-                 "boxes": np.concatenate([s["boxes"], s2["boxes"]]),
-                 "areas": np.concatenate([s["areas"], s2["areas"]])}
-            s.pop("ann_ids", None)
+            j = int(rng.integers(0, len(self.base)))
+            if self.mixup is not None:  # YOLOX: the raw second image, rescaled, flipped, cropped (YOLOXMixUp)
+                s = self.mixup.mix(s, self._raw(j), rng)
+            else:  # the average of this sample and another augmented one
+                s = self._average(s, self._one(j, rng))
         if self.jitter is not None:
+
             s = self.jitter(s, rng)
         if self.hsv is not None:
             s = self.hsv(s, rng)
@@ -228,6 +247,65 @@ class RTMOTrainSet(torch.utils.data.Dataset):
         s = {**s, "keypoints": kp[keep], "boxes": b[keep], "areas": s["areas"][keep]}
         s.pop("ann_ids", None)
         return s
+
+
+# ------------------------------------------------------------------------------------------------ batch resize
+class BatchSyncRandomResize:
+    """MMPose's ``BatchSyncRandomResize`` data preprocessor (RTMO): the whole training batch, images and ground
+    truth, resized to one random size that every process shares.
+
+    Step ``t`` (the global optimiser step) uses the loader's size in its first ``interval`` steps (MMPose resizes
+    from the first draw on, made after iteration ``interval - 1``), then ``(32 int(a k), 32 k)`` (``w, h``; ``a``
+    the loader's ``w / h``, 32 = ``size_divisor``) with ``k`` uniform over the integers
+    ``[round(lo / 32), round(hi / 32)]`` of ``size_range = (lo, hi)``, re-drawn every ``interval`` steps.
+
+    Synchronised without communication: ``k`` comes from a generator seeded by ``(seed, t // interval)``; the
+    seed and the global step are the same on every ``torchrun`` process (MMPose draws on rank 0 and broadcasts),
+    and a resumed run draws the same sizes. Images: bilinear ``F.interpolate`` (``align_corners=False``, as
+    MMPose); keypoints and boxes: ``x' = s (x + 0.5) - 0.5`` (pixel centres; MMPose multiplies by ``s``, a shift
+    below half a pixel); areas times ``s_x s_y``.
+    """
+
+    def __init__(self, size_range=(480, 800), size_divisor: int = 32, interval: int = 1, seed: int = 0) -> None:
+        lo, hi = (float(v) for v in size_range)
+        if isinstance(size_divisor, bool) or int(size_divisor) != size_divisor or size_divisor < 1:
+            raise ValueError(f"batch_resize_divisor must be an integer >= 1, got {size_divisor!r}")
+        if isinstance(interval, bool) or int(interval) != interval or interval < 1:
+            raise ValueError(f"batch_resize_interval must be an integer >= 1, got {interval!r}")
+        self.divisor, self.interval, self.seed = int(size_divisor), int(interval), int(seed)
+        self.k_range = (round(lo / self.divisor), round(hi / self.divisor))
+        if not 1 <= self.k_range[0] <= self.k_range[1]:
+            raise ValueError(f"batch_resize_range must be 0 < lo <= hi with at least one multiple of "
+                             f"{self.divisor}, got {list(size_range)!r}")
+
+    def size_at(self, step: int, base_size) -> tuple[int, int]:
+        """``(w, h)`` of the batch at global step ``step`` for a loader size ``base_size = (w, h)``."""
+        block = int(step) // self.interval
+        w0, h0 = (int(v) for v in base_size)
+        if block == 0:
+            return w0, h0
+        k = int(np.random.default_rng([self.seed, 0x5253, block]).integers(self.k_range[0], self.k_range[1] + 1))
+        return self.divisor * int(w0 / h0 * k), self.divisor * k
+
+    @staticmethod
+    def resize(images: torch.Tensor, targets: list[dict], size) -> tuple[torch.Tensor, list[dict]]:
+        """``(B, 3, h, w)`` images and the RTMO targets (``boxes``, ``keypoints``, ``areas``) at ``size = (w, h)``."""
+        import torch.nn.functional as F
+
+        h0, w0 = images.shape[-2:]
+        w, h = (int(v) for v in size)
+        if (w, h) == (w0, h0):
+            return images, targets
+        sx, sy = w / w0, h / h0
+        x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+        scale = torch.tensor([sx, sy], dtype=torch.float32)
+        out = []
+        for t in targets:
+            sc = scale.to(t["keypoints"].device)
+            kp = (t["keypoints"] + 0.5) * sc - 0.5
+            b = ((t["boxes"].reshape(-1, 2, 2) + 0.5) * sc - 0.5).reshape(-1, 4)
+            out.append({**t, "keypoints": kp, "boxes": b, "areas": t["areas"] * (sx * sy)})
+        return x, out
 
 
 # ------------------------------------------------------------------------------------------------ inference
@@ -289,6 +367,8 @@ class RTMOTask(TrainTask):
         self.easy_keypoints: tuple[int, ...] = ()
         self.backbone_onnx: str | None = None
         self.bn_calibration_images = 64
+        self.batch_resize: BatchSyncRandomResize | None = None
+        self.step = 0
 
     # ------------------------------------------------------------------ options
     def _task_options(self, cfg) -> None:
@@ -335,13 +415,23 @@ class RTMOTask(TrainTask):
                 raise ValueError(f"data.options.{k} must be in [0, 1], got {o[k]!r}")
         st2 = o["stage2"]
         if st2 is not None:
-            if not isinstance(st2, dict) or set(st2) - (set(_DATA_OPTIONS) - {"stage2", "stage2_epoch"}):
+            if not isinstance(st2, dict) or set(st2) - (set(_DATA_OPTIONS) - set(_NOT_STAGE2)):
                 raise ValueError(f"data.options.stage2 must map data.options keys to their last-phase values, "
                                  f"got {st2!r}")
             if o["stage2_epoch"] is None:
                 raise ValueError("data.options.stage2 needs data.options.stage2_epoch (the 0-based epoch it starts)")
             if "scale_range" in st2:
                 st2["scale_range"] = tuple(float(v) for v in st2["scale_range"])
+        for key in ("mixup_ratio_range", "batch_resize_range"):
+            for where, d in (("", o), ("stage2.", st2 or {})):
+                v = d.get(key)
+                if v is not None:
+                    if not (isinstance(v, (list, tuple)) and len(v) == 2 and 0 < float(v[0]) <= float(v[1])):
+                        raise ValueError(f"data.options.{where}{key} must be [lo, hi] with 0 < lo <= hi or null, "
+                                         f"got {v!r}")
+                    d[key] = tuple(float(x) for x in v)
+        if not 0.0 <= float(o["mixup_flip_prob"]) <= 1.0:
+            raise ValueError(f"data.options.mixup_flip_prob must be in [0, 1], got {o['mixup_flip_prob']!r}")
         return o
 
     # ------------------------------------------------------------------ data
@@ -362,6 +452,13 @@ class RTMOTask(TrainTask):
         self.easy_keypoints = easy_keypoint_indices(base.schema)
         self.sigmas = list(base.schema.sigmas) if base.schema.sigmas is not None else None
         self.train_set = RTMOTrainSet(base, self.input_size, o)
+        self.batch_resize = None
+        if o["batch_resize_range"] is not None:
+            try:
+                self.batch_resize = BatchSyncRandomResize(o["batch_resize_range"], o["batch_resize_divisor"],
+                                                          o["batch_resize_interval"], seed=cfg.seed)
+            except ValueError as e:
+                raise ValueError(f"data.options: {e}") from None
         val = None
         if cfg.data.val_ann:
             val = CocoPoseDataset(cfg.data.val_ann, cfg.data.val_images, mode="bottomup", seed=cfg.seed,
@@ -419,6 +516,10 @@ class RTMOTask(TrainTask):
                    for s in range(0, n, 16))
         recalibrate_folded_batchnorm(model.backbone, conv_modules_in_run_order(model.backbone), batches)
 
+    def set_step(self, step: int) -> None:
+        """The global step of the next ``compute_loss`` (the batch size of ``BatchSyncRandomResize``)."""
+        self.step = int(step)
+
     def weights_at(self, epoch: int):
         """The loss weights of ``epoch`` (0-based)."""
         if self.schedule is None:
@@ -434,11 +535,17 @@ class RTMOTask(TrainTask):
         net = unwrap_model(model)
         if self._criterion is None or self._criterion.head is not net.head:
             self._criterion = RTMOCriterion(net.head, self.assigner, easy_keypoints=self.easy_keypoints)
-        raw = model(batch["image"], with_kpt_offsets=True)
+        x, targets = batch["image"], batch["targets"]
+        if self.batch_resize is not None and model.training:
+            size = self.batch_resize.size_at(self.step, (x.shape[-1], x.shape[-2]))
+            x, targets = self.batch_resize.resize(x, targets, size)
+        raw = model(x, with_kpt_offsets=True)
         epoch = self.train_set.epoch if self.train_set is not None else 0
         w = self.weights_at(epoch)
-        out = self._criterion(raw, batch["targets"], w)
+        out = self._criterion(raw, targets, w)
         scalars = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+        if self.batch_resize is not None:
+            scalars["input_h"] = float(x.shape[-2])
         scalars["proxy_target_cc"] = float(w.proxy_target_cc)
         scalars["bbox_aux_weight"] = float(w.bbox_aux)
         return out["loss"], scalars
