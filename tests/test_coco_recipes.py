@@ -213,6 +213,13 @@ def _two_steps(name, tmp_path, shared):
     assert [int(r["step"]) for r in rows] == [1, 2]
     losses = [float(r["value"]) for r in rows]
     assert all(math.isfinite(v) and v > 0 for v in losses), losses
+    if cfg.task == "rtmo":  # BatchSyncRandomResize: step 1 at the loader's 640, step 2 at the (seed, step) draw
+        from posekit.training.tasks.rtmo import BatchSyncRandomResize
+
+        with open(tmp_path / "scalars.csv") as f:
+            sizes = [float(r["value"]) for r in csv.DictReader(f) if r["tag"] == "train/input_h"]
+        want = BatchSyncRandomResize((480, 800), 32, 1, seed=cfg.seed).size_at(1, (640, 640))[1]
+        assert sizes == [640.0, want] and want % 32 == 0 and 480 <= want <= 800
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     return losses

@@ -187,7 +187,7 @@ def test_yolox_mixup_rescaled_second_image_keypoints_land_on_their_dots():
             rd = _dot_centroid(out["image"][..., 2], (x, y))
             eb, er = np.hypot(b[0] - x, b[1] - y), np.hypot(rd[0] - x, rd[1] - y)
             colour = "blue" if eb < er else "red"
-            assert min(eb, er) < 0.12, (seed, n, b, rd, (x, y))
+            assert min(eb, er) < 0.15, (seed, n, b, rd, (x, y))
             on_left_colour = colour if n.startswith("left") else {"blue": "red", "red": "blue"}[colour]
             assert left_on in (None, on_left_colour)
             left_on = on_left_colour

@@ -3,8 +3,13 @@
 * Data: ``CocoPoseDataset(mode="bottomup")`` images warped into ``data.input_size = [w, h]`` (multiples of 32) by
   :class:`~posekit.data.transforms.RandomAffine` (the whole image fits the input at zoom 1, border 114 like the
   official letterbox), with optional mosaic (4 images on a ``2w x 2h`` canvas, then the same random affine fits
-  the canvas into the input), mixup (the average of this sample and another, people of both kept), colour
-  jitter and a horizontal flip. People left with no labelled keypoint or a box under 1 px are dropped.
+  the canvas into the input), mixup (people of both kept: with ``mixup_ratio_range``, YOLOX's mixup of a raw second
+  image fitted, rescaled, maybe mirrored and cropped, :class:`~posekit.data.transforms.YOLOXMixUp`; without, the
+  average of this sample and another augmented one), colour jitter and a horizontal flip. People left with no
+  labelled keypoint or a box under 1 px are dropped. With ``batch_resize_range``, the collated batch (images and
+  ground truth) is resized in ``compute_loss`` to one random multiple of 32 per step, the same on every process
+  (:class:`BatchSyncRandomResize`, MMPose's data preprocessor); the head builds its priors from each forward's
+  feature-map sizes, so the targets and priors follow.
 * Model: ``build_rtmo(model.name, **model.overrides)`` (``rtmo-t/s/m/l``, any :class:`RTMOConfig` field),
   ``num_keypoints`` from the annotation file; classification biases initialised to the 0.01 prior. Input raw BGR
   0..255, as the official models.
@@ -18,7 +23,10 @@
 ``max_rotation`` (10 degrees), ``max_translate`` (0.1), ``mosaic_prob`` (0.0), ``mixup_prob`` (0.0),
 ``color_jitter`` (0.0), ``hsv_aug`` (false: MMDet's ``YOLOXHSVRandomAug``), ``min_keypoints`` (1),
 ``stage2_epoch`` (null) and ``stage2`` (the options that change from that 0-based epoch on: the official last 20
-epochs drop mosaic, mixup and the random affine).
+epochs drop mosaic, mixup and the random affine); ``mixup_ratio_range`` (null; ``[0.8, 1.6]`` in the COCO recipes)
+and ``mixup_flip_prob`` (0.5): YOLOX mixup; ``batch_resize_range`` (null; ``[480, 800]`` in the COCO recipes),
+``batch_resize_divisor`` (32), ``batch_resize_interval`` (1): the batch-synchronised random resize of training
+batches (not changeable by ``stage2``: MMPose keeps it to the last epoch; evaluation stays at ``input_size``).
 
 ``task_options`` (all optional): ``loss``: :class:`~posekit.losses.rtmo.RTMOLossWeights` fields (defaults:
 the official first phase cls 1, bbox 5, oks 30, vis 1, mle 1, no auxiliary box loss); ``switch_epoch`` (0-based
