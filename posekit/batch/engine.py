@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from posekit.batch import plan as P
+from posekit.pipelines.video import video_ends_reason
 
 __all__ = ["BatchConfig", "BatchSummary", "run_batch", "PoseActor", "decode_unit"]
 
@@ -147,14 +148,14 @@ def decode_unit(row: dict) -> dict:
         f = 0
         while reason is None and f < start:
             if not cap.grab():
-                reason = f"the video ends at frame {f} (its header says more)"
+                reason = video_ends_reason(f)
             f += 1
         for _ in unit.entries:
             frame = None
             if reason is None:
                 ok, frame = cap.read()
                 if not ok:
-                    frame, reason = None, f"the video ends at frame {f} (its header says more)"
+                    frame, reason = None, video_ends_reason(f)
                 f += 1
             images.append(frame)
             errors.append(None if frame is not None else reason)
