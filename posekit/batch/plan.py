@@ -267,11 +267,13 @@ def read_shard(text: str, unit: Unit, where: str = "<shard>") -> tuple[dict, lis
     return rows[0], records
 
 
-def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], category_id: int = 1
-                 ) -> tuple[list[dict], list[dict], dict]:
+def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], category_id: int = 1,
+                 video_people: dict[str, list] | None = None) -> tuple[list[dict], list[dict], dict]:
     """``(results, error_records, counts)`` from every unit's shard, in plan order. Video frames are tracked here
     (a fresh :class:`~posekit.pipelines.tracking.GreedyTracker` per video, frames in order), so track ids are those
-    of one process reading the whole video, although its ranges ran on different actors."""
+    of one process reading the whole video, although its ranges ran on different actors. With ``video_people``
+    (a dict), ``video_people[path]`` gets ``(frame, tracked people)`` for every read frame of each video, in order
+    (what the overlay videos are drawn from)."""
     import numpy as np
 
     from posekit.pipelines.tracking import GreedyTracker
@@ -294,6 +296,8 @@ def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], categ
                              p["score"]) for p in r["people"]]
             if unit.kind == "video":
                 people = tracker.update(people)
+                if video_people is not None:
+                    video_people.setdefault(r["source"], []).append((r["frame"], people))
             n_people += len(people)
             results.extend(p.to_coco(r["image_id"], category_id) for p in people)
     return results, errors, {"images": n_images, "people": n_people}
