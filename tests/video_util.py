@@ -58,12 +58,20 @@ def cut_in_half(path, streamable_mp4: bool = False) -> Path:
     return p
 
 
-def decodable_frames(path) -> int:
+def read_frames(path) -> list[np.ndarray]:
+    """Every frame that decodes, from the start until the first failed read."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
     cap.release()
-    return n
+    return frames
+
+
+def decodable_frames(path) -> int:
+    return len(read_frames(path))
