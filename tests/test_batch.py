@@ -116,13 +116,17 @@ def test_merge_tracks_across_ranges_like_one_tracker():
                 for f in range(start, start + 3)]
         units.append(u)
         shards.append(P.read_shard(P.shard_bytes(u, recs, "coco17").decode(), u))
-    results, errors, counts = P.merge_shards(units, shards, category_id=1)
+    video_people = {}
+    results, errors, counts = P.merge_shards(units, shards, category_id=1, video_people=video_people)
     tracker = GreedyTracker("coco17")
     want = []
     for f, people in enumerate(frames):
         ps = tracker.update([Person(np.reshape(p["keypoints"], (-1, 3)), p["box"], p["score"]) for p in people])
         want += [p.to_coco(100 + f, 1) for p in ps]
     assert results == want and not errors and counts == {"images": 6, "people": 12}
+    # what the overlay video is drawn from: every frame in order with its tracked people (the results' track ids)
+    assert [f for f, _ in video_people["v.avi"]] == list(range(6))
+    assert [p.to_coco(100 + f, 1) for f, ps in video_people["v.avi"] for p in ps] == want
     assert {r["track_id"] for r in results} == {0, 1}
     assert results[0]["keypoints"][1] == round(float(np.float32(0.123456789)), 3)
 

@@ -141,3 +141,42 @@ def test_unreadable_sources_are_reported_and_skipped(tmp_path, rtmo_card, capsys
     assert main(["predict", str(good), str(broken), "--model", rtmo_card, "--out-json", str(out), "--strict",
                  "--no-progress"]) == 1
     assert "truncated" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "sequential"])
+def test_video_cut_short_is_reported_and_keeps_its_frames(tmp_path, rtmo_card, capsys, pipelined):
+    """An AVI and a (streamable) MP4 cut in half open and promise 12 frames but decode fewer: both runners keep
+    the decoded frames (ids 1.., the missing frames keep theirs, so the next video's start at 13), report the
+    missing frames with the Ray engine's words (posekit.pipelines.video.shortfall_error) on stderr, in --errors
+    and in the summary, exit 3; --strict stops (1) and writes nothing. An intact video is not flagged."""
+    from posekit.pipelines.video import shortfall_error
+    from video_util import cut_in_half, decodable_frames, write_video
+
+    frames, rng = [], np.random.default_rng(0)
+    for t in range(12):  # a bright blob on dim noise (the noise keeps the frames, not the header, most of a file)
+        f = np.zeros((120, 160, 3), np.uint8)
+        cv2.circle(f, (40 + 4 * t, 60), 6, (255, 255, 255), -1)
+        f = cv2.GaussianBlur(f, (0, 0), 3)
+        frames.append(np.maximum(f, rng.integers(0, 60, f.shape, dtype=np.uint8)))
+    avi = cut_in_half(write_video(tmp_path / "cut.avi", frames, "MJPG"))
+    mp4 = cut_in_half(write_video(tmp_path / "cut.mp4", frames, "mp4v"), streamable_mp4=True)
+    whole = write_video(tmp_path / "whole.avi", frames[:3], "MJPG")
+    n = {p.name: decodable_frames(p) for p in (avi, mp4)}
+    assert all(0 < k < 12 for k in n.values()), n
+    out, errs = tmp_path / "r.json", tmp_path / "e.json"
+    argv = ["predict", str(avi), str(mp4), str(whole), "--model", rtmo_card, "--out-json", str(out), "--errors",
+            str(errs), "--no-progress"] + ([] if pipelined else ["--no-pipeline"])
+    capsys.readouterr()
+    assert main(argv) == 3
+    cap = capsys.readouterr()
+    assert "3 source(s), 1 read, 2 failed" in cap.out
+    ids = sorted(r["image_id"] for r in json.loads(out.read_text()))  # the stand-in finds one person a frame
+    assert ids == [*range(1, n["cut.avi"] + 1), *range(13, 13 + n["cut.mp4"]), 25, 26, 27]
+    want = [{"source": str(p), "error": shortfall_error(12, n[p.name])} for p in (avi, mp4)]
+    assert json.loads(errs.read_text()) == want
+    assert f"{12 - n['cut.avi']} frame(s) could not be read ({n['cut.avi']}..11)" in want[0]["error"]
+    assert f"skipped {avi}: {want[0]['error']}" in cap.err and f"skipped {mp4}" in cap.err
+    out.unlink()
+    assert main([*argv, "--strict"]) == 1
+    assert "could not be read" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", str(whole), "--model", rtmo_card, "--max-frames", "2", "--no-progress"]) == 0

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from posekit.batch import plan as P
+from posekit.pipelines.video import video_ends_reason
 
-__all__ = ["BatchConfig", "BatchSummary", "run_batch", "PoseActor", "decode_unit"]
+__all__ = ["BatchConfig", "BatchSummary", "run_batch", "PoseActor", "decode_unit", "draw_video"]
 
 
 @dataclass
@@ -40,7 +41,8 @@ class BatchConfig:
         resume: skip the units whose shard is complete.
         annotations: a COCO json whose ids the images take (by file name); image_dir: where the images of a COCO
             annotation-file source are.
-        out_dir: drawn overlays of the images (``<stem>.jpg``); kpt_thr: keypoint threshold for drawing.
+        out_dir: drawn overlays, as ``posekit predict --out-dir``: images (``<stem>.jpg``, by the actors) and
+            videos (``<stem>.mp4``, after the merge: :func:`draw_video`); kpt_thr: keypoint threshold for drawing.
         max_frames: frames per video at most.
         errors_json: the sources that could not be read, ``[{source, error}]``.
         progress: a bar for the images and frames done.
@@ -147,14 +149,14 @@ def decode_unit(row: dict) -> dict:
         f = 0
         while reason is None and f < start:
             if not cap.grab():
-                reason = f"the video ends at frame {f} (its header says more)"
+                reason = video_ends_reason(f)
             f += 1
         for _ in unit.entries:
             frame = None
             if reason is None:
                 ok, frame = cap.read()
                 if not ok:
-                    frame, reason = None, f"the video ends at frame {f} (its header says more)"
+                    frame, reason = None, video_ends_reason(f)
                 f += 1
             images.append(frame)
             errors.append(None if frame is not None else reason)
@@ -250,6 +252,33 @@ class PoseActor:
             with self.est.timer.stage("draw"):
                 canvas = draw_people(img, people, schema, kpt_thr=self.cfg["kpt_thr"], draw_boxes=True)
                 write_image(Path(self.cfg["out_dir"]) / f"{Path(path).stem}.jpg", canvas)
+
+
+def draw_video(path: str, frames: list, out_path: str, schema: str, kpt_thr: float) -> int:
+    """The overlay video of ``posekit predict --out-dir`` from a batch run's merged results: ``frames`` is
+    ``[(frame number, tracked people)]`` in order (``merge_shards(video_people=...)``); the video is decoded once
+    from its start, each frame drawn as one process draws it (boxes, track ids) and written with the same writer
+    (``<stem>.mp4``, mp4v, the video's fps; a temporary file renamed at the end). Returns the frames written."""
+    from posekit.pipelines.video import open_video, video_fps
+    from posekit.schema import get_schema
+    from posekit.viz import VideoWriter, draw_people
+
+    schema = get_schema(schema)
+    cap = open_video(path)
+    try:
+        with VideoWriter(out_path, fps=video_fps(cap)) as vw:
+            f = 0
+            for frame_no, people in frames:
+                while f < frame_no and cap.grab():  # frames without a record (none for a video read in order)
+                    f += 1
+                ok, image = cap.read()
+                if not ok or f != frame_no:
+                    raise RuntimeError(f"{path}: frame {frame_no} does not decode any more (the file changed?)")
+                f += 1
+                vw.write(draw_people(image, people, schema, kpt_thr=kpt_thr, draw_boxes=True, draw_ids=True))
+            return vw.frames_written
+    finally:
+        cap.release()
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -383,7 +412,9 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         if text is None:
             raise RuntimeError(f"unit {u.index}: its shard {where} was not written")
         shards[u.index] = P.read_shard(text, u, where)
-    results, error_records, counts = P.merge_shards(units, [shards[u.index] for u in units], _category_id(cfg))
+    video_people: dict[str, list] | None = {} if cfg.out_dir else None
+    results, error_records, counts = P.merge_shards(units, [shards[u.index] for u in units], _category_id(cfg),
+                                                    video_people)
     summary.images, summary.people = counts["images"], counts["people"]
     summary.errors = P.errors_by_source(listing_errors, error_records)
     if "://" in cfg.out_json:
@@ -395,5 +426,12 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     if cfg.errors_json:
         P.write_text(cfg.errors_json, json.dumps(summary.errors, indent=1))
     summary.stages["merge_ms"] = 1e3 * (time.perf_counter() - t_merge)
+    if video_people:  # track ids exist only now: one Ray task per video decodes it once and draws its overlay
+        t_draw = time.perf_counter()
+        schema = next((h["schema"] for h, _ in shards.values() if h.get("schema")), "coco17")
+        task = ray.remote(draw_video).options(num_cpus=1, max_retries=3)
+        ray.get([task.remote(path, frames, str(Path(cfg.out_dir) / f"{Path(path).stem}.mp4"), schema, cfg.kpt_thr)
+                 for path, frames in video_people.items()])
+        summary.stages["draw_videos_ms"] = 1e3 * (time.perf_counter() - t_draw)
     summary.stages["total_wall_ms"] = 1e3 * (time.perf_counter() - t_start)
     return summary

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posekit.pipelines.video import missing_frames_error, video_frame_count
+
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "Item", "Unit", "list_source", "assign_ids", "make_units", "settings_digest",
            "shard_name", "shard_bytes", "read_shard", "ShardError", "merge_shards", "errors_by_source"]
 
@@ -70,26 +72,6 @@ class Unit:
 
 
 # ----------------------------------------------------------------------------------------------------- listing
-def video_frame_count(path: str) -> int:
-    """Frames of a video: the container's count, else (0 or missing) counted by reading. Raises RuntimeError when
-    the file does not open as a video."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise RuntimeError(f"cannot open video {path} (not a readable video)")
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if n <= 0:
-            while cap.grab():
-                n += 1
-        if n <= 0:
-            raise RuntimeError(f"video {path} has no frames")
-        return n
-    finally:
-        cap.release()
-
-
 def list_source(index: int, source: str, image_dir: str | None = None, max_frames: int | None = None
                 ) -> list[Item]:
     """The items of one source, in ``posekit predict``'s order: an image file, a folder (its images and videos,
@@ -101,7 +83,7 @@ def list_source(index: int, source: str, image_dir: str | None = None, max_frame
     def video(path: Path, pos: int) -> Item:
         try:
             n = video_frame_count(str(path))
-        except RuntimeError as e:
+        except (FileNotFoundError, RuntimeError) as e:
             return Item("error", str(path), (index, pos), error=str(e))
         return Item("video", str(path), (index, pos), frames=min(n, max_frames) if max_frames else n)
 
@@ -285,11 +267,13 @@ def read_shard(text: str, unit: Unit, where: str = "<shard>") -> tuple[dict, lis
     return rows[0], records
 
 
-def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], category_id: int = 1
-                 ) -> tuple[list[dict], list[dict], dict]:
+def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], category_id: int = 1,
+                 video_people: dict[str, list] | None = None) -> tuple[list[dict], list[dict], dict]:
     """``(results, error_records, counts)`` from every unit's shard, in plan order. Video frames are tracked here
     (a fresh :class:`~posekit.pipelines.tracking.GreedyTracker` per video, frames in order), so track ids are those
-    of one process reading the whole video, although its ranges ran on different actors."""
+    of one process reading the whole video, although its ranges ran on different actors. With ``video_people``
+    (a dict), ``video_people[path]`` gets ``(frame, tracked people)`` for every read frame of each video, in order
+    (what the overlay videos are drawn from)."""
     import numpy as np
 
     from posekit.pipelines.tracking import GreedyTracker
@@ -312,6 +296,8 @@ def merge_shards(units: list[Unit], shards: list[tuple[dict, list[dict]]], categ
                              p["score"]) for p in r["people"]]
             if unit.kind == "video":
                 people = tracker.update(people)
+                if video_people is not None:
+                    video_people.setdefault(r["source"], []).append((r["frame"], people))
             n_people += len(people)
             results.extend(p.to_coco(r["image_id"], category_id) for p in people)
     return results, errors, {"images": n_images, "people": n_people}
@@ -329,8 +315,7 @@ def errors_by_source(listing_errors: list[dict], records: list[dict]) -> list[di
             frames.setdefault(r["source"], []).append(r)
     for source, rs in frames.items():
         f = sorted(r["frame"] for r in rs)
-        out.append({"source": source, "error": f"{len(f)} frame(s) could not be read ({f[0]}..{f[-1]}): "
-                                                f"{rs[0]['error']}"})
+        out.append({"source": source, "error": missing_frames_error(f, rs[0]["error"])})
     return out
 
 

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
         help="run a pose model (model card) on images, folders, videos or a webcam",
         description="Run a pose model on images, folders of images, videos or a webcam index; write COCO results "
                     "json, overlays and per-stage timings. A source that cannot be read (missing, undecodable, "
-                    "truncated) is reported and skipped and the others are processed and written; the exit status "
+                    "truncated; a video that decodes fewer frames than its header promises keeps the frames it "
+                    "gives) is reported and skipped and the others are processed and written; the exit status "
                     "is then 3 (0: every source read; 1: an error that stopped the run; --strict: stop at the "
                     "first unreadable source, as exit status 1, writing nothing).",
     )
@@ -86,12 +87,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import cv2
     from tqdm import tqdm
 
     from posekit.data.io import ImageReadError, read_image, write_bytes_atomic, write_image
     from posekit.evaluation.results import save_results
-    from posekit.pipelines.estimator import open_video
+    from posekit.pipelines.video import open_video, shortfall_error, video_fps, video_frame_count
     from posekit.pipelines.tracking import GreedyTracker
     from posekit.schema import get_schema
     from posekit.viz import VideoWriter, draw_people
@@ -154,23 +154,27 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             cap = open_video(src)
+            # a file's promise, by the Ray engine's rule: its header's count, else counted by grabbing
+            promised = video_frame_count(src) if kind == "video" else None
         except (FileNotFoundError, RuntimeError) as e:
             if args.strict:
                 raise
             skip(src, str(e))
             continue
-        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+        fps = video_fps(cap)
         cap.release()
+        if promised is not None and args.max_frames is not None:
+            promised = min(promised, args.max_frames)
         name = f"webcam{src}" if kind == "webcam" else Path(src).stem
-        writer = VideoWriter(out_dir / f"{name}.mp4", fps=fps if fps > 0 else 25.0) if out_dir else None
+        writer = VideoWriter(out_dir / f"{name}.mp4", fps=fps) if out_dir else None
+        first_id, decoded = next_id, 0
         try:
-            bar = tqdm(total=total, desc=name, disable=args.no_progress, file=sys.stderr)
+            bar = tqdm(total=promised, desc=name, disable=args.no_progress, file=sys.stderr)
             for _, frame, people in est.video(src, tracker=GreedyTracker(schema), max_frames=args.max_frames,
                                               pipelined=not args.no_pipeline):
                 n_people += len(people)
-                image_id, next_id = next_id, next_id + 1
-                results.extend(p.to_coco(image_id, category_id) for p in people)
+                results.extend(p.to_coco(first_id + decoded, category_id) for p in people)
+                decoded += 1
                 if writer is not None:
                     with timer.stage("draw"):
                         canvas = draw_people(frame, people, schema, kpt_thr=args.kpt_thr, draw_boxes=True,
@@ -178,9 +182,19 @@ def run(args: argparse.Namespace) -> int:
                     writer.write(canvas)
                 bar.update(1)
             bar.close()
-        finally:
+            # a video cut short keeps its decoded frames and is reported; its missing frames keep their ids
+            shortfall = shortfall_error(promised, decoded) if promised is not None else None
+            if shortfall is not None and args.strict:
+                raise RuntimeError(f"{src}: {shortfall}")
+        except BaseException:
             if writer is not None:
-                writer.close()
+                writer.abort()
+            raise
+        if writer is not None:
+            writer.close() if decoded else writer.abort()  # no frame, no overlay (the error says why)
+        next_id = first_id + max(decoded, promised or 0)
+        if shortfall is not None:
+            skip(src, shortfall)
     if args.out_json:
         out = Path(args.out_json)
         save_results(results, out)

@@ -29,7 +29,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["VideoRunner", "open_video"]
+__all__ = ["VideoRunner", "open_video", "video_frame_count", "video_fps", "video_ends_reason",
+           "missing_frames_error", "shortfall_error"]
 
 _END = object()  # end of stream
 
@@ -52,6 +53,55 @@ def open_video(source: str | int | Path):
         cap.release()
         raise RuntimeError(f"cannot open {what} (not a readable video / no such camera)")
     return cap
+
+
+def video_frame_count(source: str | Path) -> int:
+    """The frames a video file promises: the container's count (``CAP_PROP_FRAME_COUNT``), else (0 or missing)
+    counted by grabbing every frame. Raises FileNotFoundError / RuntimeError (:func:`open_video`'s) when it does not
+    open, RuntimeError when it has no frame. ``posekit predict`` (one process and ``--engine ray``) takes this as the
+    promise that :func:`shortfall_error` checks the decoded frames against."""
+    import cv2
+
+    cap = open_video(Path(source))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n <= 0:
+            while cap.grab():
+                n += 1
+        if n <= 0:
+            raise RuntimeError(f"video {source} has no frames")
+        return n
+    finally:
+        cap.release()
+
+
+def video_fps(cap) -> float:
+    """A capture's frame rate, 25 when the container gives none (the rate of ``posekit predict``'s overlays)."""
+    import cv2
+
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    return fps if fps > 0 else 25.0
+
+
+def video_ends_reason(frame: int) -> str:
+    """Why the frames from ``frame`` on could not be read: the decoder stopped before the promised count."""
+    return f"the video ends at frame {frame} (its header says more)"
+
+
+def missing_frames_error(frames: list[int], reason: str) -> str:
+    """The ``--errors`` entry of a video with unreadable frames (sorted frame numbers, the first reason)."""
+    return f"{len(frames)} frame(s) could not be read ({frames[0]}..{frames[-1]}): {reason}"
+
+
+def shortfall_error(promised: int, decoded: int) -> str | None:
+    """The error of a video that promised ``promised`` frames (:func:`video_frame_count`, capped by
+    ``--max-frames``) and decoded ``decoded`` (read in order until the first failed read), or None when nothing is
+    missing. The same rule and text as the Ray engine's (frames ``decoded..promised-1`` missing, each ending at
+    frame ``decoded``), so both paths flag the same videos with the same words; frames beyond the promise are
+    never an error."""
+    if decoded >= promised:
+        return None
+    return missing_frames_error(list(range(decoded, promised)), video_ends_reason(decoded))
 
 
 class _Failed:
