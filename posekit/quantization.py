@@ -28,6 +28,7 @@ import fnmatch
 import logging
 import math
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,8 @@ import numpy as np
 
 from posekit.runtime.cards import ModelCard, card_from_dict, load_card
 
-__all__ = ["QuantizeSettings", "calibration_items", "record_network_inputs", "quantize_model", "output_errors",
-           "CALIBRATION_METHODS", "format_errors"]
+__all__ = ["QuantizeSettings", "calibration_items", "per_image_normalizations", "record_network_inputs",
+           "quantize_model", "output_errors", "CALIBRATION_METHODS", "format_errors"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -179,6 +180,15 @@ def record_network_inputs(card: ModelCard, weights: str | Path, items: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- quantization
+def per_image_normalizations(model) -> int:
+    """The ``BatchNormalization`` nodes whose mean and variance are computed in the graph (not constants): batch
+    norm exported in training mode, which normalises with the statistics of the input itself (tf-pose's
+    MobileNetV2 has 39). Static INT8 was measured unusable on such a graph (``docs/quantization.md``)."""
+    consts = {i.name for i in model.graph.initializer}
+    return sum(1 for n in model.graph.node if n.op_type == "BatchNormalization" and len(n.input) >= 5
+               and (n.input[3] not in consts or n.input[4] not in consts))
+
+
 def _split_batches(batches: Sequence[np.ndarray], fixed_batch: int | None, cap: int = 16) -> list[np.ndarray]:
     """Batches as the file takes them: single items for a fixed batch of 1, else at most ``cap`` at a time."""
     step = 1 if fixed_batch == 1 else cap
@@ -279,6 +289,15 @@ def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibratio
     if not Path(card.source).is_file():
         raise ValueError(f"model card '{card.name}' was not read from a file; quantize needs the card's YAML file")
     raw_card = yaml.safe_load(Path(card.source).read_text(encoding="utf-8"))
+    per_image = per_image_normalizations(onnx.load(str(onnx_in)))
+    if per_image:
+        msg = (f"{onnx_in.name} normalises {per_image} layer(s) with the statistics of the input itself (batch norm "
+               f"exported in training mode); static INT8 lost all of tf-pose's AP (docs/quantization.md): check the "
+               f"accuracy of the result before using it")
+        if log:
+            say(f"warning: {msg}")
+        else:
+            warnings.warn(msg, stacklevel=2)
     items = calibration_items(calibration, settings.max_images)
     say(f"calibration: {len(items)} image(s) from {calibration} through the '{card.name}' pipeline")
     batches = record_network_inputs(card, onnx_in, items, detector, detector_weights, threads)
@@ -335,6 +354,7 @@ def quantize_model(onnx_in: str | Path, card: str | Path | ModelCard, calibratio
         "calibration": {"source": str(calibration), "images": len(items), "inputs": int(sum(f.shape[0] for f in feeds))},
         "op_types": list(settings.op_types) if settings.op_types else "onnxruntime default",
         "fp32_file": onnx_in.name, "keep_fp32": list(settings.keep_fp32), "fp32_nodes": len(exclude),
+        "per_image_normalizations": per_image,
         "errors": errors,
     }
     raw_card["name"] = name or f"{card.name}-int8"

