@@ -94,6 +94,28 @@ def test_nms_matches_brute_force():
     assert keep.tolist() == ref and 10 < len(keep) < 200
 
 
+def test_nms_matrix_path_equals_the_row_loop(monkeypatch):
+    """Up to 256 boxes nms decides on one IoU matrix; it must keep exactly what the one-row-per-kept-box loop keeps
+    (ties, duplicates, empty boxes, thresholds 0 and 1 included)."""
+    import posekit.boxes as B
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(0, 120))
+        xy, wh = rng.uniform(0, 100, (n, 2)), rng.uniform(0, 40, (n, 2))
+        wh[rng.uniform(size=n) < 0.1] = 0
+        boxes = np.concatenate([xy, xy + wh], 1)
+        if n:
+            boxes[rng.integers(0, n, n // 3)] = boxes[0]
+        scores = np.round(rng.uniform(0, 1, n), 1)
+        thr = float(rng.choice([0.0, 0.45, 0.65, 1.0]))
+        monkeypatch.setattr(B, "_MATRIX_NMS_MAX", 10**9)
+        matrix = B.nms(boxes, scores, thr)
+        monkeypatch.setattr(B, "_MATRIX_NMS_MAX", -1)
+        loop = B.nms(boxes, scores, thr)
+        assert matrix.dtype == loop.dtype == np.int64 and matrix.tolist() == loop.tolist()
+
+
 def test_yolox_raw_decode_grid():
     out = np.zeros((52 * 52 + 26 * 26 + 13 * 13, 85), np.float32)
     i = 52 * 52 + 3 * 26 + 5  # stride 16 level, row 3, column 5
