@@ -72,7 +72,7 @@ class PersonDetector:
     Args:
         card: a card name (``"yolox-nano-human"``), a card file path, or a :class:`ModelCard`.
         weights: explicit ONNX path (else the card's path / the cache / a download).
-        threads, providers: passed to :class:`~posekit.runtime.onnx.OnnxModel`.
+        threads, providers, spinning: passed to :class:`~posekit.runtime.onnx.OnnxModel`.
         score_thr, nms_thr: override the card's thresholds.
         timer: optional :class:`~posekit.pipelines.estimator.StageTimer` (stages ``preprocess``, ``network``,
             ``postprocess``).
@@ -80,12 +80,13 @@ class PersonDetector:
 
     def __init__(self, card: str | Path | ModelCard = "yolox-nano-human", weights: str | Path | None = None,
                  threads: int | None = None, providers: Sequence[str] | None = None,
-                 score_thr: float | None = None, nms_thr: float | None = None, timer=None) -> None:
+                 score_thr: float | None = None, nms_thr: float | None = None, timer=None,
+                 spinning: bool | None = None) -> None:
         self.card = load_card(card)
         if self.card.kind != "detector":
             raise ValueError(f"model card '{self.card.name}' is a {self.card.kind!r} model, not a detector")
         self.model = OnnxModel(resolve_weights(self.card, weights), threads=threads, providers=providers,
-                               card=self.card)
+                               card=self.card, spinning=spinning)
         self.score_thr = self.card.score_thr if score_thr is None else float(score_thr)
         self.nms_thr = self.card.nms_thr if nms_thr is None else float(nms_thr)
         self.timer = timer

@@ -94,6 +94,28 @@ def test_nms_matches_brute_force():
     assert keep.tolist() == ref and 10 < len(keep) < 200
 
 
+def test_nms_matrix_path_equals_the_row_loop(monkeypatch):
+    """Up to 256 boxes nms decides on one IoU matrix; it must keep exactly what the one-row-per-kept-box loop keeps
+    (ties, duplicates, empty boxes, thresholds 0 and 1 included)."""
+    import posekit.boxes as B
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(0, 120))
+        xy, wh = rng.uniform(0, 100, (n, 2)), rng.uniform(0, 40, (n, 2))
+        wh[rng.uniform(size=n) < 0.1] = 0
+        boxes = np.concatenate([xy, xy + wh], 1)
+        if n:
+            boxes[rng.integers(0, n, n // 3)] = boxes[0]
+        scores = np.round(rng.uniform(0, 1, n), 1)
+        thr = float(rng.choice([0.0, 0.45, 0.65, 1.0]))
+        monkeypatch.setattr(B, "_MATRIX_NMS_MAX", 10**9)
+        matrix = B.nms(boxes, scores, thr)
+        monkeypatch.setattr(B, "_MATRIX_NMS_MAX", -1)
+        loop = B.nms(boxes, scores, thr)
+        assert matrix.dtype == loop.dtype == np.int64 and matrix.tolist() == loop.tolist()
+
+
 def test_yolox_raw_decode_grid():
     out = np.zeros((52 * 52 + 26 * 26 + 13 * 13, 85), np.float32)
     i = 52 * 52 + 3 * 26 + 5  # stride 16 level, row 3, column 5
@@ -132,3 +154,41 @@ def test_antialias_preprocessing_is_blur_then_bilinear_only_when_shrinking():
     got, _ = prepare_image(small, card)
     ref, _, _ = letterbox(small, (416, 416), pad_value=114)
     np.testing.assert_array_equal(got[0].transpose(1, 2, 0), ref.astype(np.float32))
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "letterbox-center", "keep-aspect-height"])
+def test_whole_image_batch_equals_padding_in_uint8_then_converting(resize):
+    """prepare_image writes the resized pixels straight into the float batch; the numbers must be exactly those of
+    the padded uint8 canvas (geometry.letterbox / a pad-right canvas) converted by to_tensor, for both layouts,
+    both colour orders and with mean/std normalisation."""
+    from dataclasses import replace
+
+    import cv2
+
+    from posekit.data.geometry import letterbox
+    from posekit.runtime.cards import load_card
+    from posekit.runtime.preprocess import input_size_for, prepare_image, to_tensor
+
+    rng = np.random.default_rng(1)
+    base = replace(load_card("yolox-nano-coco"), resize=resize, input_size=(64, 48), size_multiple=8, pad_value=7)
+    checked = 0
+    for shape in [(30, 90), (120, 40), (48, 64), (7, 5)]:
+        img = rng.integers(0, 255, shape + (3,), dtype=np.uint8)
+        for layout in ("NCHW", "NHWC"):
+            for color in ("bgr", "rgb"):
+                for mean, std in (((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((123.7, 116.3, 103.5), (58.4, 57.1, 57.4))):
+                    card = replace(base, input_layout=layout, color=color, mean=mean, std=std, interpolation="linear")
+                    got, M = prepare_image(img, card)
+                    if resize == "keep-aspect-height":
+                        w, h = input_size_for(img.shape, card)
+                        nw = min(w, max(1, int(round(img.shape[1] * h / img.shape[0]))))
+                        canvas = np.full((h, w, 3), 7, np.uint8)
+                        canvas[:, :nw] = cv2.resize(img, (nw, h), interpolation=cv2.INTER_LINEAR)
+                    else:
+                        canvas, M_ref, _ = letterbox(img, (64, 48), pad_value=7, center=resize == "letterbox-center")
+                        np.testing.assert_array_equal(M, M_ref)
+                    ref = to_tensor(canvas[None], card)
+                    assert got.dtype == np.float32 and got.shape == ref.shape
+                    np.testing.assert_array_equal(got, ref)
+                    checked += 1
+    assert checked == 32

@@ -81,3 +81,14 @@ def test_bad_files(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(RuntimeError, match="cannot load"):
         OnnxModel(junk)
+
+
+def test_spinning_option_sets_the_session_and_keeps_outputs():
+    path = shared_path("weights", "yolox_nano_coco80_416x416.onnx")
+    if not path.is_file():
+        pytest.skip(f"{path} not found (../shared absent)")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 416, 416)).astype(np.float32)
+    on, off = OnnxModel(path, threads=1), OnnxModel(path, threads=1, spinning=False)
+    assert off.spinning is False and on.spinning is None
+    assert off.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_array_equal(on.run(x)["output"], off.run(x)["output"])

@@ -32,6 +32,7 @@ __all__ = [
     "clip_boxes",
     "points_inside",
     "letterbox",
+    "letterbox_layout",
     "warp_image",
     "warp_mask",
 ]
@@ -318,17 +319,30 @@ def letterbox(
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
         raise ValueError(f"image must be a non-empty HxW or HxWxC array, got {getattr(image, 'shape', type(image))}")
     w, h = _as_size(size, "size")
+    (nw, nh), (left, top), M, s = letterbox_layout(image.shape, (w, h), center)
     H, W = image.shape[:2]
-    s = min(w / W, h / H)
-    nw = min(w, max(1, int(W * s + 1e-6)))
-    nh = min(h, max(1, int(H * s + 1e-6)))
-    left, top = ((w - nw) // 2, (h - nh) // 2) if center else (0, 0)
     resized = image if (nw, nh) == (W, H) else cv2.resize(image, (nw, nh), interpolation=interpolation)
     if resized.ndim == 2 and image.ndim == 3:
         resized = resized[:, :, None]
     out = np.empty((h, w) + image.shape[2:], dtype=image.dtype)
     out[...] = pad_value
     out[top:top + nh, left:left + nw] = resized
+    return out, M, s
+
+
+def letterbox_layout(image_shape: Sequence[int], size: Sequence[int], center: bool = False
+                     ) -> tuple[tuple[int, int], tuple[int, int], np.ndarray, float]:
+    """Where :func:`letterbox` puts an ``(H, W, ...)`` image in a ``size = (w, h)`` canvas, without touching pixels.
+
+    Returns:
+        ``(nw, nh)`` the resized size, ``(left, top)`` its offset, ``M`` (2x3, image -> canvas) and ``ratio``.
+    """
+    w, h = _as_size(size, "size")
+    H, W = int(image_shape[0]), int(image_shape[1])
+    s = min(w / W, h / H)
+    nw = min(w, max(1, int(W * s + 1e-6)))
+    nh = min(h, max(1, int(H * s + 1e-6)))
+    left, top = ((w - nw) // 2, (h - nh) // 2) if center else (0, 0)
     sx, sy = nw / W, nh / H
     M = np.array([[sx, 0.0, 0.5 * sx - 0.5 + left], [0.0, sy, 0.5 * sy - 0.5 + top]])
-    return out, M, float(s)
+    return (nw, nh), (left, top), M, float(s)

@@ -24,6 +24,9 @@ class OnnxModel:
             ``CPUExecutionProvider`` is always the fallback.
         card: when given, the file's input name, rank/layout and fixed sizes and the output names are checked
             against the card (a clear error for a file that does not match, e.g. the wrong model).
+        spinning: whether onnxruntime's intra-op worker threads busy-wait for work after each run (session option
+            ``session.intra_op.allow_spinning``); None keeps onnxruntime's default (on). Off frees the cores for
+            the Python pre/post-processing between runs (docs/inference.md "Speed").
 
     Attributes:
         input_name, input_shape (dims as ints, or None when dynamic), output_names, fixed_batch (the batch size
@@ -31,7 +34,8 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path | bytes, threads: int | None = None,
-                 providers: Sequence[str] | None = None, card: ModelCard | None = None) -> None:
+                 providers: Sequence[str] | None = None, card: ModelCard | None = None,
+                 spinning: bool | None = None) -> None:
         import onnxruntime as ort
 
         self.path = "<bytes>" if isinstance(path, (bytes, bytearray)) else str(path)
@@ -46,6 +50,9 @@ class OnnxModel:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
         available = ort.get_available_providers()
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         use = []
