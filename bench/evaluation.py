@@ -34,32 +34,10 @@ SHARED = REPO.parent / "shared"
 VAL = SHARED / "data" / "annotations" / "coco-val2017-538images-person_keypoints.json"
 
 
-def noisy_results(anns, rng, k: int = 17) -> list[dict]:
-    """Results from ground-truth annotations: size-scaled noise, dropped keypoints, misses, false positives."""
-    out = []
-    for a in anns:
-        if a["iscrowd"] or a["num_keypoints"] == 0 or rng.random() < 0.1:
-            continue
-        kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
-        x, y, w, h = a["bbox"]
-        level = rng.uniform(0.005, 0.1)
-        pred = kp.copy()
-        pred[kp[:, 2] == 0, :2] = [x + w / 2, y + h / 2]
-        pred[:, :2] += rng.normal(0, level * np.sqrt(max(a["area"], 1.0)), (k, 2))
-        pred[:, 2] = rng.uniform(0.1, 1.0, k)
-        pred[rng.random(k) < 0.1] = 0.0
-        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": pred.ravel().tolist(),
-                    "score": float(np.clip(1 - 4 * level + rng.normal(0, 0.1), 0.01, 1))})
-        if rng.random() < 0.55:
-            fp = pred.copy()
-            fp[:, 0] += rng.choice([-1, 1]) * rng.uniform(50, 200)
-            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.ravel().tolist(),
-                        "score": float(rng.uniform(0.01, 0.5))})
-    return out
-
-
 def val_sized_set(n_images: int = 5000, seed: int = 0) -> tuple[dict, list[dict]]:
     """``(ground truth dict, results list)``: the shared 538 val images tiled to ``n_images`` images."""
+    from posekit.evaluation.results import perturbed_results
+
     base = json.loads(VAL.read_text())
     rng = np.random.default_rng(seed)
     by_image: dict[int, list[dict]] = {}
@@ -75,7 +53,7 @@ def val_sized_set(n_images: int = 5000, seed: int = 0) -> tuple[dict, list[dict]
             anns.append(dict(a, id=next_ann, image_id=new_id))
             next_ann += 1
     gt = {"images": images, "annotations": anns, "categories": base["categories"]}
-    return gt, noisy_results(anns, rng)
+    return gt, perturbed_results(anns, rng, fp_rate=0.55)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO_ROOT, shared_path
 from posekit.cli import main
-from posekit.evaluation.results import save_results
+from posekit.evaluation.results import perturbed_results, save_results
 
 VAL = ("data", "annotations", "coco-val2017-538images-person_keypoints.json")
 NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -22,27 +22,7 @@ NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 def _noisy_results(gt: dict, seed: int = 1) -> list[dict]:
     """Ground truth with size-scaled noise, dropped keypoints, missed people, false positives, varied scores."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for a in gt["annotations"]:
-        if a["iscrowd"] or a["num_keypoints"] == 0 or rng.random() < 0.1:
-            continue
-        kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
-        x, y, w, h = a["bbox"]
-        level = rng.uniform(0.005, 0.1)
-        pred = kp.copy()
-        pred[kp[:, 2] == 0, :2] = [x + w / 2, y + h / 2]
-        pred[:, :2] += rng.normal(0, level * np.sqrt(a["area"]), (17, 2))
-        pred[:, 2] = rng.uniform(0.1, 1.0, 17)
-        pred[rng.random(17) < 0.1] = 0.0
-        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": pred.ravel().tolist(),
-                    "score": float(np.clip(1 - 4 * level + rng.normal(0, 0.1), 0.01, 1))})
-        if rng.random() < 0.2:
-            fp = pred.copy()
-            fp[:, 0] += rng.choice([-1, 1]) * rng.uniform(50, 200)
-            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.ravel().tolist(),
-                        "score": float(rng.uniform(0.01, 0.5))})
-    return out
+    return perturbed_results(gt["annotations"], np.random.default_rng(seed))
 
 
 def _direct(gt_path, res_path) -> dict:

@@ -17,7 +17,7 @@ from posekit.evaluation.coco import (
 )
 from posekit.evaluation.oks import compute_oks, keypoint_areas, oks_nms, pairwise_oks, soft_oks_nms
 from posekit.evaluation.pck import head_sizes_from_boxes, pck_bbox, pckh
-from posekit.evaluation.results import load_results, save_results, validate_results
+from posekit.evaluation.results import load_results, perturbed_results, save_results, validate_results
 from posekit.schema import COCO17, CROWDPOSE14
 from conftest import shared_path
 
@@ -27,33 +27,10 @@ VAL = ("data", "annotations", "coco-val2017-538images-person_keypoints.json")
 # ----------------------------------------------------------------------------------------------- helpers
 def make_noisy_results(gt: dict, seed: int = 0) -> list[dict]:
     """Results from the ground truth: per-person noise scaled by the person size, dropped keypoints, missed
-    people, false positives, and scores that loosely follow the quality."""
-    rng = np.random.default_rng(seed)
+    people, false positives anywhere in the image, and scores that loosely follow the quality."""
     sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
-    out = []
-    for a in gt["annotations"]:
-        if a.get("iscrowd") or a["num_keypoints"] == 0 or rng.random() < 0.08:  # 8% missed
-            continue
-        kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
-        x, y, w, h = a["bbox"]
-        scale = math.sqrt(max(a["area"], 1.0))
-        level = rng.uniform(0.005, 0.08)
-        pred = np.empty_like(kp)
-        pred[:, :2] = np.where(kp[:, 2:3] > 0, kp[:, :2], [x + w / 2, y + h / 2])
-        pred[:, :2] += rng.normal(0, level * scale, (len(kp), 2))
-        pred[:, 2] = rng.uniform(0.2, 1.0, len(kp))
-        drop = rng.random(len(kp)) < 0.1
-        pred[drop] = 0.0
-        score = float(np.clip(1.0 - 5 * level + rng.normal(0, 0.1), 0.01, 1.0))
-        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": pred.ravel().tolist(), "score": score})
-        if rng.random() < 0.15:  # a false positive: the same pose moved away
-            fp = pred.copy()
-            W, H = sizes[a["image_id"]]
-            fp[:, 0] += rng.uniform(-0.5, 0.5) * W
-            fp[:, 1] += rng.uniform(-0.5, 0.5) * H
-            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.ravel().tolist(),
-                        "score": float(rng.uniform(0.01, 0.6))})
-    return out
+    return perturbed_results(gt["annotations"], np.random.default_rng(seed), miss_rate=0.08, fp_rate=0.15,
+                             max_level=0.08, image_sizes=sizes)
 
 
 def pycocotools_direct(gt_path, res_path, image_ids=None, sigmas=None) -> dict:

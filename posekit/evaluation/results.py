@@ -19,7 +19,7 @@ import numpy as np
 
 from posekit.data.io import read_json
 
-__all__ = ["save_results", "load_results", "validate_results", "people_to_results"]
+__all__ = ["save_results", "load_results", "validate_results", "people_to_results", "perturbed_results"]
 
 _REQUIRED = ("image_id", "category_id", "keypoints", "score")
 _REQUIRED_SET = frozenset(_REQUIRED)
@@ -186,4 +186,43 @@ def people_to_results(people_by_image: Mapping[int, Iterable], category_id: int 
     out = []
     for image_id, people in people_by_image.items():
         out.extend(p.to_coco(int(image_id), category_id) for p in people)
+    return out
+
+
+def perturbed_results(annotations: list[dict], rng: np.random.Generator, miss_rate: float = 0.1,
+                      fp_rate: float = 0.2, max_level: float = 0.1, image_sizes: dict | None = None
+                      ) -> list[dict]:
+    """Keypoint results made from ground truth, for checking and timing an evaluator (not a model).
+
+    Each non-crowd person with keypoints is missed with probability ``miss_rate``; otherwise its keypoints get
+    Gaussian noise of ``level * sqrt(area)`` pixels (``level`` uniform in [0.005, ``max_level``]; unlabelled ones
+    start at the box centre), random scores, 10 % dropped to zero, and a person score that falls with the noise.
+    With probability ``fp_rate`` a false positive follows: the same pose moved sideways by 50-200 px, or, when
+    ``image_sizes`` (``{image id: (w, h)}``) is given, by up to half the image in x and y, with a low score.
+    """
+    out = []
+    for a in annotations:
+        if a.get("iscrowd") or a["num_keypoints"] == 0 or rng.random() < miss_rate:
+            continue
+        kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
+        k = len(kp)
+        x, y, w, h = a["bbox"]
+        level = rng.uniform(0.005, max_level)
+        pred = np.empty_like(kp)
+        pred[:, :2] = np.where(kp[:, 2:3] > 0, kp[:, :2], [x + w / 2, y + h / 2])
+        pred[:, :2] += rng.normal(0, level * np.sqrt(max(a["area"], 1.0)), (k, 2))
+        pred[:, 2] = rng.uniform(0.1, 1.0, k)
+        pred[rng.random(k) < 0.1] = 0.0
+        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": pred.ravel().tolist(),
+                    "score": float(np.clip(1 - 4 * level + rng.normal(0, 0.1), 0.01, 1))})
+        if rng.random() < fp_rate:
+            fp = pred.copy()
+            if image_sizes is None:
+                fp[:, 0] += rng.choice([-1, 1]) * rng.uniform(50, 200)
+            else:
+                W, H = image_sizes[a["image_id"]]
+                fp[:, 0] += rng.uniform(-0.5, 0.5) * W
+                fp[:, 1] += rng.uniform(-0.5, 0.5) * H
+            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.ravel().tolist(),
+                        "score": float(rng.uniform(0.01, 0.5))})
     return out
