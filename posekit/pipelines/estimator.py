@@ -79,6 +79,8 @@ class PoseEstimator:
             (``.pth`` / ``.pt``: the preset of the card's name runs in PyTorch, see ``backend``);
             detector_weights: the detector's ONNX file.
         threads, providers: onnxruntime settings for every network.
+        spinning: onnxruntime's thread spinning for every ONNX network (``OnnxModel``; None: onnxruntime's default,
+            on). Off when the networks run beside other work on the same cores (``posekit serve``, docs/serve.md).
         flip_test: top-down flip test.
         score_thr: override the card's instance score threshold (one-stage) / detector threshold (top-down).
         oks_nms_thr: top-down OKS-NMS threshold (None: off).
@@ -101,7 +103,8 @@ class PoseEstimator:
                  weights: str | Path | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, flip_test: bool = False,
                  detector_weights: str | Path | None = None, score_thr: float | None = None,
-                 oks_nms_thr: float | None = None, backend: str | None = None, device=None) -> None:
+                 oks_nms_thr: float | None = None, backend: str | None = None, device=None,
+                 spinning: bool | None = None) -> None:
         self.timer = StageTimer()
         self.card, self.model, self.torch_model = self._resolve(model, weights, backend, threads, device)
         self.backend = "onnx" if self.torch_model is None else "torch"
@@ -119,27 +122,27 @@ class PoseEstimator:
             from posekit.pipelines.onestage import OneStagePipeline
 
             self.pipeline = OneStagePipeline(self.card, weights, threads, providers, score_thr=score_thr,
-                                             model=runner, timer=self.timer)
+                                             model=runner, timer=self.timer, spinning=spinning)
             self.model = self.pipeline.model
         elif self.card.is_topdown:
             from posekit.pipelines.topdown import TopDownPipeline
 
-            box_source = self._box_source(detector, detector_weights, threads, providers, score_thr)
+            box_source = self._box_source(detector, detector_weights, threads, providers, score_thr, spinning)
             self.pipeline = TopDownPipeline(self.card, box_source, weights, threads, providers,
                                             flip_test=flip_test, oks_nms_thr=oks_nms_thr, model=runner,
-                                            timer=self.timer)
+                                            timer=self.timer, spinning=spinning)
             self.model = self.pipeline.model
         else:  # paf
             if runner is None:
                 runner = OnnxModel(resolve_weights(self.card, weights), threads=threads, providers=providers,
-                                   card=self.card)
+                                   card=self.card, spinning=spinning)
             self.model = runner
             self.pipeline = self._build_paf(runner)
             self._bottomup = True
 
     # ------------------------------------------------------------------------------------------------ building
     @staticmethod
-    def _box_source(detector, weights, threads, providers, score_thr):
+    def _box_source(detector, weights, threads, providers, score_thr, spinning=None):
         """The top-down box source. With no detector given, the default ``yolox-nano-human`` is built on first use,
         so that calls with ``boxes=`` (ground truth, a detections json) never need its weights."""
         if callable(detector) and not isinstance(detector, (str, Path, ModelCard)):
@@ -150,7 +153,7 @@ class PoseEstimator:
             def default_detector(image):
                 if not built:
                     built.append(PoseEstimator._box_source("yolox-nano-human", weights, threads, providers,
-                                                           score_thr))
+                                                           score_thr, spinning))
                 return built[0](image)
 
             return default_detector
@@ -158,11 +161,11 @@ class PoseEstimator:
         if card.kind == "detector":
             from posekit.detectors import PersonDetector
 
-            return PersonDetector(card, weights, threads, providers, score_thr=score_thr)
+            return PersonDetector(card, weights, threads, providers, score_thr=score_thr, spinning=spinning)
         if card.kind == "rtmo":
             from posekit.pipelines.onestage import OneStagePipeline
 
-            return OneStagePipeline(card, weights, threads, providers, score_thr=score_thr).boxes
+            return OneStagePipeline(card, weights, threads, providers, score_thr=score_thr, spinning=spinning).boxes
         raise ValueError(f"detector card '{card.name}' is a {card.kind!r} model; use a 'detector' or 'rtmo' card")
 
     @staticmethod

@@ -28,7 +28,7 @@ class OneStagePipeline:
 
     Args:
         card: ``kind: rtmo`` card (name, path or :class:`ModelCard`).
-        weights, threads, providers: see :class:`~posekit.runtime.onnx.OnnxModel` / ``resolve_weights``.
+        weights, threads, providers, spinning: see :class:`~posekit.runtime.onnx.OnnxModel` / ``resolve_weights``.
         score_thr, nms_thr: override the card's (RTMO: 0.1 and 0.65).
         model: an already built :class:`OnnxModel` (skips weight resolution).
         timer: optional stage timer (``preprocess``, ``network``, ``postprocess``).
@@ -40,12 +40,12 @@ class OneStagePipeline:
     def __init__(self, card: str | Path | ModelCard = "rtmo-s", weights: str | Path | None = None,
                  threads: int | None = None, providers: Sequence[str] | None = None,
                  score_thr: float | None = None, nms_thr: float | None = None, model: OnnxModel | None = None,
-                 timer=None) -> None:
+                 timer=None, spinning: bool | None = None) -> None:
         self.card = load_card(card)
         if self.card.kind != "rtmo":
             raise ValueError(f"model card '{self.card.name}' is a {self.card.kind!r} model, not 'rtmo'")
         self.model = model or OnnxModel(resolve_weights(self.card, weights), threads=threads, providers=providers,
-                                        card=self.card)
+                                        card=self.card, spinning=spinning)
         self.score_thr = self.card.score_thr if score_thr is None else float(score_thr)
         self.nms_thr = self.card.nms_thr if nms_thr is None else float(nms_thr)
         self.timer = timer

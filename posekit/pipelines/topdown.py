@@ -96,14 +96,15 @@ class TopDownPipeline:
     def __init__(self, card: str | Path | ModelCard = "rtmpose-s", box_source: BoxSource | None = None,
                  weights: str | Path | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, flip_test: bool = False, oks_nms_thr: float | None = None,
-                 kpt_score_thr: float = 0.2, model: OnnxModel | None = None, timer=None) -> None:
+                 kpt_score_thr: float = 0.2, model: OnnxModel | None = None, timer=None,
+                 spinning: bool | None = None) -> None:
         self.card = load_card(card)
         if not self.card.is_topdown:
             raise ValueError(f"model card '{self.card.name}' is a {self.card.kind!r} model, not a top-down "
                              f"'simcc' or 'heatmap' model")
         self.schema = get_schema(self.card.schema)
         self.model = model or OnnxModel(resolve_weights(self.card, weights), threads=threads, providers=providers,
-                                        card=self.card)
+                                        card=self.card, spinning=spinning)
         self.box_source = box_source
         self.flip_test = bool(flip_test)
         self.oks_nms_thr = oks_nms_thr
