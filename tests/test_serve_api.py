@@ -318,24 +318,39 @@ def test_full_queue_answers_503_with_retry_after(server, expected):
             assert_people_equal(r.json()["people"], people)
 
 
-def test_metrics(client):
-    client.post("/v1/pose", content=coco_images()[0].read_bytes(), headers={"Content-Type": "image/jpeg"})
-    _post(client, b"junk")
-    text = client.get("/metrics").text
+def _metric_samples(client) -> dict[str, float]:
     samples = {}
-    for line in text.splitlines():
+    for line in client.get("/metrics").text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
-    assert samples['posekit_requests_total{route="/v1/pose",status="200"}'] >= 5
-    assert samples['posekit_requests_total{route="/v1/pose",status="400"}'] >= 1
-    assert samples['posekit_requests_total{route="other",status="404"}'] >= 1  # hostile paths share one label
-    assert samples['posekit_stage_seconds_count{model="tfpose-mnv2",stage="network"}'] >= 5
-    assert samples['posekit_stage_seconds_sum{model="tfpose-mnv2",stage="network"}'] > 0
-    assert samples['posekit_images_total{model="tfpose-mnv2"}'] >= 5
-    assert samples['posekit_queue_depth{model="tfpose-mnv2"}'] == 0
-    assert samples['posekit_images_per_second{model="tfpose-mnv2"}'] > 0
-    assert 'posekit_request_seconds_bucket{le="+Inf",route="/v1/pose"}' in samples
+    return samples
+
+
+def test_metrics(client):
+    """Counters move by exactly what this test sends (the module's other tests may or may not have run first on
+    this server: the checks are differences)."""
+    before = _metric_samples(client)
+    for _ in range(3):
+        r = client.post("/v1/pose", content=coco_images()[0].read_bytes(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+    assert _post(client, b"junk").status_code == 400
+    assert client.get("/no/such/route").status_code == 404
+    after = _metric_samples(client)
+
+    def grew(name):
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew('posekit_requests_total{route="/v1/pose",status="200"}') == 3
+    assert grew('posekit_requests_total{route="/v1/pose",status="400"}') == 1
+    assert grew('posekit_requests_total{route="other",status="404"}') == 1  # hostile paths share one label
+    assert grew('posekit_stage_seconds_count{model="tfpose-mnv2",stage="network"}') == 3
+    assert grew('posekit_stage_seconds_sum{model="tfpose-mnv2",stage="network"}') > 0
+    assert grew('posekit_images_total{model="tfpose-mnv2"}') == 3
+    assert grew('posekit_request_seconds_count{route="/v1/pose"}') == 4
+    assert after['posekit_queue_depth{model="tfpose-mnv2"}'] == 0
+    assert after['posekit_images_per_second{model="tfpose-mnv2"}'] > 0
+    assert 'posekit_request_seconds_bucket{le="+Inf",route="/v1/pose"}' in after
 
 
 # ------------------------------------------------------------------------------------------------ stream
