@@ -163,17 +163,16 @@ def test_sigterm_lets_in_flight_requests_finish(server, expected):
         if float(depth[0].rsplit(" ", 1)[1]) >= n - 1 or time.monotonic() > deadline:
             break
         time.sleep(0.005)
-    t0 = time.monotonic()
     code = server.stop()
     for t in threads:
-        t.join()
+        t.join(60)
+        assert not t.is_alive(), "a client was never answered nor disconnected"
     assert code in (0, -15), server.output()
     answered = [r for r in results if isinstance(r, httpx.Response)]
     assert len(answered) >= n - 1, results
     for r in answered:
         assert r.status_code == 200
         assert_people_equal(r.json()["people"], people)
-    assert time.monotonic() - t0 < 30
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/healthz", timeout=2.0)
 
@@ -211,12 +210,11 @@ def test_timeout_answers_504_and_keeps_the_worker(expected):
         post = lambda: httpx.post(url + "/v1/pose", content=data, headers={"Content-Type": "image/jpeg"},  # noqa
                                   timeout=30)
         slow.sleep = 4.0
-        t0 = time.monotonic()
         r = post()
         assert r.status_code == 504 and "timeout of 1.5 s" in r.json()["error"]
-        assert time.monotonic() - t0 < 3.9  # answered before the stuck call returned (4 s)
+        assert workers.depth >= 1  # answered while the stuck call still holds the worker
         r = post()  # the only worker is still busy with the stuck call: this one waits and times out too
-        assert r.status_code == 504 and time.monotonic() - t0 < 3.9
+        assert r.status_code == 504 and workers.depth >= 1
         while workers.depth:  # the stuck call returns; its worker is free again
             time.sleep(0.02)
         r = post()
