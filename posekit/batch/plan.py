@@ -22,13 +22,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posekit.data.io import IMAGE_EXTENSIONS, is_video, media_files
 from posekit.pipelines.video import missing_frames_error, video_frame_count
 
-__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "Item", "Unit", "list_source", "assign_ids", "make_units", "settings_digest",
+__all__ = ["Item", "Unit", "list_source", "assign_ids", "make_units", "settings_digest",
            "shard_name", "shard_bytes", "read_shard", "ShardError", "merge_shards", "errors_by_source"]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 #: shard format version (in every header; a shard of another version is not reused).
 SHARD_VERSION = 1
@@ -93,10 +92,10 @@ def list_source(index: int, source: str, image_dir: str | None = None, max_frame
         return [Item("error", source, (index, 0), error="a webcam cannot be read by a batch run (use posekit predict "
                                                         "without --engine)")]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+        files = media_files(p)
         if not files:
             return [Item("error", source, (index, 0), error=f"no images or videos in folder {p}")]
-        return [video(f, i) if f.suffix.lower() in VIDEO_EXTS else Item("image", str(f), (index, i))
+        return [video(f, i) if is_video(f) else Item("image", str(f), (index, i))
                 for i, f in enumerate(files)]
     if not p.is_file():
         return [Item("error", source, (index, 0), error=f"source not found: {source}")]
@@ -110,7 +109,7 @@ def list_source(index: int, source: str, image_dir: str | None = None, max_frame
         root = Path(image_dir) if image_dir else (p.parent / "images" if (p.parent / "images").is_dir() else p.parent)
         return [Item("image", str(root / im["file_name"]), (index, i), image_id=int(im["id"]))
                 for i, im in enumerate(images)]
-    if p.suffix.lower() in VIDEO_EXTS:
+    if is_video(p):
         return [video(p, 0)]
     return [Item("image", str(p), (index, 0))]
 
@@ -126,7 +125,7 @@ def _list_uri(index: int, source: str) -> list[Item]:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
             found = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File
-                           and Path(i.path).suffix.lower() in IMAGE_EXTS)
+                           and Path(i.path).suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 return [Item("error", source, (index, 0), error=f"no images under {source}")]
             return [Item("image", f"{scheme}://{f}", (index, i)) for i, f in enumerate(found)]
@@ -134,7 +133,7 @@ def _list_uri(index: int, source: str) -> list[Item]:
         return [Item("error", source, (index, 0), error=f"{type(e).__name__}: {e}")]
     if info.type == pafs.FileType.NotFound:
         return [Item("error", source, (index, 0), error=f"source not found: {source}")]
-    if Path(path).suffix.lower() not in IMAGE_EXTS:
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return [Item("error", source, (index, 0), error="only images are read from object storage (videos and "
                                                         "annotation files from local paths)")]
     return [Item("image", source, (index, 0))]

@@ -6,8 +6,6 @@ import argparse
 
 from posekit.cli.model_args import add_model_arguments, model_specs
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def add_parser(subparsers) -> None:
@@ -55,6 +53,8 @@ def _expand(sources: list[str], skip=None) -> list[tuple[str, object]]:
     skipped."""
     from pathlib import Path
 
+    from posekit.data.io import is_video, media_files
+
     items: list[tuple[str, object]] = []
     for s in sources:
         if s.isdigit():
@@ -63,12 +63,12 @@ def _expand(sources: list[str], skip=None) -> list[tuple[str, object]]:
         p = Path(s)
         error = None
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+            files = media_files(p)
             if not files:
                 error = f"no images or videos in folder {p}"
-            items.extend(("video" if f.suffix.lower() in VIDEO_EXTS else "image", f) for f in files)
+            items.extend(("video" if is_video(f) else "image", f) for f in files)
         elif p.is_file():
-            items.append(("video" if p.suffix.lower() in VIDEO_EXTS else "image", p))
+            items.append(("video" if is_video(p) else "image", p))
         else:
             error = f"source not found: {s}"
         if error is not None:

@@ -21,10 +21,22 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ImageReadError", "read_image", "decode_image", "write_image", "write_bytes_atomic", "is_truncated",
-           "IMAGE_EXTENSIONS", "TORCH_SUFFIXES", "is_torch_weights"]
+           "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "is_video", "media_files", "TORCH_SUFFIXES", "is_torch_weights"]
 
 #: Extensions :func:`write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: what ``posekit predict`` (and a batch run) reads as a video
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether the file name has one of :data:`VIDEO_EXTENSIONS` (any case)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def media_files(folder: str | os.PathLike) -> list[Path]:
+    """The images and videos of a folder (one level), sorted by name: the order ``posekit predict`` reads them."""
+    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
 
 #: weight file suffixes that select the PyTorch backend (a name test, here so that torch-free code can ask it).
 TORCH_SUFFIXES = (".pth", ".pt")
