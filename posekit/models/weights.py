@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["load_weights", "extract_state_dict", "WeightsError"]
+__all__ = ["load_weights", "extract_state_dict", "remap_keys", "WeightsError"]
 
 
 class WeightsError(RuntimeError):
@@ -81,7 +81,7 @@ def _candidate_maps(model_keys: set[str]) -> list[tuple[str, Callable[[str], str
     ]
 
 
-def _remap(state_dict: dict, model_keys: set[str]) -> tuple[dict, str]:
+def remap_keys(state_dict: dict, model_keys: set[str]) -> tuple[dict, str]:
     """The state_dict renamed with the key layout that matches the most model keys."""
     sd = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)}
     best = (-1, sd, "as is")
@@ -137,7 +137,7 @@ def load_weights(model: nn.Module, source, *, map_location: str | torch.device =
     if convert is not None:  # a family's official key layout that differs from posekit's (e.g. ViTPose's repo)
         state_dict = convert(state_dict)
     own = model.state_dict()
-    mapped, layout = _remap(state_dict, set(own))
+    mapped, layout = remap_keys(state_dict, set(own))
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"

@@ -53,7 +53,7 @@ def load_matching(model: nn.Module, source, include: Sequence[str] = (), exclude
         FileNotFoundError, ValueError (not a checkpoint / no state_dict), ValueError when nothing at all fits
         (a wrong file is an error, not a silent from-scratch run).
     """
-    from posekit.models.weights import _remap
+    from posekit.models.weights import remap_keys
 
     where = "checkpoint"
     if isinstance(source, (str, Path)):
@@ -69,7 +69,7 @@ def load_matching(model: nn.Module, source, include: Sequence[str] = (), exclude
     if convert is not None:
         state = convert(state)
     own = model.state_dict()
-    mapped, layout = _remap(state, set(own))
+    mapped, layout = remap_keys(state, set(own))
     inc = [re.compile(p) for p in include]
     exc = [re.compile(p) for p in exclude]
     loaded, skipped, new_state = [], [], {}
