@@ -285,14 +285,14 @@ class PoseService:
     async def run(self, data: bytes, params: PoseParams) -> tuple[dict, bytes | None]:
         """People (and the drawn image for png/jpeg) of one upload, on the model's workers, within the timeout."""
         try:
-            image_size(data, self.config.max_pixels)  # 400 / 413 before the image takes a place in the queue
+            size = image_size(data, self.config.max_pixels)  # 400 / 413 before the image takes a place in the queue
         except ImageRejected as e:
             raise ApiError(e.status, e.message) from None
         schema = self.schemas[params.model]
 
         def work(est):
             t0 = time.perf_counter()
-            img = decode_upload(data, self.config.max_pixels)
+            img = decode_upload(data, size)
             t1 = time.perf_counter()
             before = dict(est.timer.totals)
             people = select_people(est(img), params)

@@ -48,10 +48,11 @@ def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
-def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """The image of an upload, decoded like ``posekit.data.io.read_image`` (same pixels as reading the file), after
-    the header check of :func:`image_size`. Raises ImageRejected (400 / 413)."""
-    w, h = image_size(data, max_pixels)
+def decode_upload(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The image of an upload, decoded like ``posekit.data.io.read_image`` (same pixels as reading the file);
+    ``size`` is what :func:`image_size` read from its header (checked against the pixel limit there), and the
+    decoded image must have it. Raises ImageRejected (400)."""
+    w, h = size
     try:
         img = decode_image(data, "upload")
     except ImageReadError as e:
